@@ -1,0 +1,40 @@
+"""CP baseline (Lebedev et al. 2015): the whole kernel as one rank-R CP tensor."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kcp.decompose.numerics import cp_decompose, relative_error, rng_for
+from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.validate import check_kernel, check_positive, check_rank
+from kcp.kron import max_cp_rank_of
+
+KEYS = ("out", "in", "h", "w")
+
+
+def cp(
+    weight: torch.Tensor,
+    rank: int,
+    *,
+    n_iter_max: int = 100,
+    tol: float = 1e-7,
+    random_state: int | np.random.Generator | None = 0,
+) -> Decomposition:
+    """CP-ALS of the kernel at ``rank``: factors ``out`` (O x R), ``in`` (I x R), ``h`` (k_h x R), ``w`` (k_w x R)."""
+    w = check_kernel(weight)
+    bound = max_cp_rank_of(tuple(w.shape))
+    check_rank("rank", rank, bound, f"an upper bound on the CP rank of a {tuple(w.shape)} kernel")
+    check_positive("n_iter_max", n_iter_max)
+    factors = cp_decompose(w, rank, rng_for(random_state), n_iter_max=n_iter_max, tol=tol)
+    result = Decomposition(method="cp", kernel_shape=tuple(w.shape), ranks={"rank": rank},
+                           factors=dict(zip(KEYS, factors)), info={"iterations": n_iter_max})
+    result.rel_error = relative_error(result.reconstruct(), w)
+    result.history = [result.rel_error]
+    return result.to(weight.device, weight.dtype)
+
+
+@register_reconstructor("cp")
+def _reconstruct(result: Decomposition) -> torch.Tensor:
+    f = result.factors
+    return torch.einsum("or,ir,hr,wr->oihw", f["out"], f["in"], f["h"], f["w"])

@@ -1,0 +1,144 @@
+"""2nd-order KCP: ``W ~ sum_r A_r (x) B_r`` with every A_r and B_r a rank-K CP tensor.
+
+Two-stage start (KT by rearrangement + truncated SVD, then CP of each factor), then joint block-ALS
+refinement (:mod:`kcp.decompose.refine`). Factors are stored per side and mode as (R, n, K) tensors
+under ``a_out, a_in, a_h, a_w, b_out, b_in, b_h, b_w``; modes of size one hold ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from kcp.decompose.kt import kt_terms
+from kcp.decompose.numerics import cp_decompose, randn, relative_error, rng_for
+from kcp.decompose.refine import JOINT_LIMIT, refine, residual, side_tensor
+from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.validate import check_kernel, check_positive, check_rank
+from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank, rearrange, unrearrange
+
+A_KEYS = ("a_out", "a_in", "a_h", "a_w")
+B_KEYS = ("b_out", "b_in", "b_h", "b_w")
+FACTOR_KEYS = A_KEYS + B_KEYS
+
+
+def _stack(per_term: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    return [torch.stack([term[m] for term in per_term]) for m in range(4)]
+
+
+def _two_stage(matrix: torch.Tensor, shape: FactorShape, r: int, k: int, rng) -> tuple[list, list]:
+    a, b = kt_terms(matrix, r)
+    a_terms = [cp_decompose(t.reshape(shape.a_shape), k, rng) for t in a]
+    b_terms = [cp_decompose(t.reshape(shape.b_shape), k, rng) for t in b]
+    return _stack(a_terms), _stack(b_terms)
+
+
+def _warm_start(matrix, shape, r, k, init: Decomposition, rng) -> tuple[list, list]:
+    """Embed a smaller KCP result: its terms and columns kept, tiny new columns, and new terms taken from
+    the leading KT terms of the residual, scaled by an exact line search (so the start is no worse)."""
+    r0, k0 = init.ranks["kt_rank"], init.ranks["cp_rank"]
+    sides = []
+    for keys in (A_KEYS, B_KEYS):
+        side = []
+        for key in keys:
+            old = init.factors[key].detach().to("cpu", torch.float64)
+            n = old.shape[1]
+            scale = 1e-6 * float(old.abs().mean()) if n > 1 else 0.0
+            new = scale * randn(rng, r, n, k) if n > 1 else torch.ones(r, 1, k, dtype=torch.float64)
+            new[:r0, :, :k0] = old
+            side.append(new)
+        sides.append(side)
+    a_side, b_side = sides
+    if r > r0:
+        res = residual(matrix, [f[:r0] for f in a_side], [f[:r0] for f in b_side])
+        extra_a, extra_b = _two_stage(res, shape, r - r0, k, rng)
+        added = side_tensor(extra_a).T @ side_tensor(extra_b)
+        alpha = float((res * added).sum() / (added * added).sum().clamp_min(1e-300))
+        extra_a[0] = extra_a[0] * alpha
+        for m in range(4):
+            a_side[m][r0:] = extra_a[m]
+            b_side[m][r0:] = extra_b[m]
+    return a_side, b_side
+
+
+def kcp(
+    weight: torch.Tensor,
+    kt_rank: int,
+    cp_rank: int,
+    *,
+    factors: tuple[int, int, int, int] | None = None,
+    placement: str = "split",
+    refine_sweeps: int = 60,
+    tol: float = 1e-5,
+    random_state: int | np.random.Generator | None = 0,
+    init: Decomposition | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> Decomposition:
+    """KCP decomposition of a conv kernel at KT rank ``kt_rank`` and CP rank ``cp_rank``.
+
+    ``factors=(O_A, O_B, I_A, I_B)`` fixes the factor shape (default: balanced divisor pairs);
+    ``placement`` is ``split`` (A takes k_h, B takes k_w) or ``a-spatial`` (A takes the whole
+    kernel window). ``refine_sweeps=0`` keeps the two-stage result; otherwise up to that many
+    block-ALS sweeps run until one lowers the error by less than ``tol`` (relative). ``init`` is a
+    KCP result of the same kernel and factor shape at ranks no larger than these (a warm start).
+    ``callback(sweep, rel_error)`` is called after every sweep. Deterministic for a given
+    ``random_state``.
+    """
+    w = check_kernel(weight)
+    shape = make_factor_shape(w.shape, factors, placement)
+    where = f"for factor shape {shape}, {placement}"
+    check_rank("kt_rank", kt_rank, max_kt_rank(shape), f"the largest meaningful KT rank {where}")
+    check_rank("cp_rank", cp_rank, max_cp_rank(shape), f"the largest meaningful CP rank of a factor {where}")
+    if refine_sweeps != 0:
+        check_positive("refine_sweeps", refine_sweeps)
+    rng = rng_for(random_state)
+    matrix = rearrange(w, shape)
+
+    warm = init is not None and _embeddable(init, w.shape, shape, kt_rank, cp_rank)
+    if warm:
+        a_side, b_side = _warm_start(matrix, shape, kt_rank, cp_rank, init, rng)
+    else:
+        a_side, b_side = _two_stage(matrix, shape, kt_rank, cp_rank, rng)
+
+    info: dict = {"seed": random_state if isinstance(random_state, int) else -1, "warm_start": warm}
+    if refine_sweeps and kt_rank * cp_rank <= JOINT_LIMIT:
+        history = refine(matrix, a_side, b_side, n_sweeps=refine_sweeps, tol=tol, callback=callback)
+        info["sweeps"] = len(history) - 1
+    else:
+        history = [float(residual(matrix, a_side, b_side).norm() / (matrix.norm() or 1.0))]
+        info["sweeps"] = 0
+        if refine_sweeps:
+            info["refine_skipped"] = (
+                f"R*K = {kt_rank * cp_rank} is above {JOINT_LIMIT}: the joint RK x RK solves would cost more than "
+                f"the refinement gains at such ranks, so the two-stage result is kept"
+            )
+    result = Decomposition(
+        method="kcp",
+        kernel_shape=tuple(w.shape),
+        ranks={"kt_rank": kt_rank, "cp_rank": cp_rank},
+        factors=dict(zip(FACTOR_KEYS, a_side + b_side)),
+        factor_shape=shape,
+        history=history,
+        info=info,
+    )
+    result.rel_error = relative_error(result.reconstruct(), w)
+    return result.to(weight.device, weight.dtype)
+
+
+def _embeddable(init: Decomposition, kernel_shape, shape: FactorShape, r: int, k: int) -> bool:
+    if init.method != "kcp" or tuple(init.kernel_shape) != tuple(kernel_shape) or init.factor_shape != shape:
+        raise ValueError(
+            "init must be a KCP result of the same kernel and factor shape "
+            f"(got {init.method} with factor shape {init.factor_shape}, want kcp with {shape})"
+        )
+    return init.ranks["kt_rank"] <= r and init.ranks["cp_rank"] <= k
+
+
+@register_reconstructor("kcp")
+def _reconstruct(result: Decomposition) -> torch.Tensor:
+    f = result.factors
+    a = side_tensor([f[key] for key in A_KEYS])
+    b = side_tensor([f[key] for key in B_KEYS])
+    return unrearrange(a.T @ b, result.factor_shape)

@@ -1,0 +1,29 @@
+"""SVD baseline (Zhang et al. 2015): the kernel as an O x (I k_h k_w) matrix of rank r."""
+
+from __future__ import annotations
+
+import torch
+
+from kcp.decompose.numerics import relative_error, rng_for, truncated_svd
+from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.validate import check_kernel, check_rank
+
+
+def svd(weight: torch.Tensor, rank: int) -> Decomposition:
+    """Truncated SVD: factors ``first`` (r x I x k_h x k_w, a k x k conv) and ``second`` (O x r, a 1x1 conv)."""
+    w = check_kernel(weight)
+    out_c, in_c, kh, kw = w.shape
+    check_rank("rank", rank, min(out_c, in_c * kh * kw), "at most min(C_out, C_in k_h k_w)")
+    left, right = truncated_svd(w.reshape(out_c, -1), rank, rng_for(0))
+    result = Decomposition(method="svd", kernel_shape=tuple(w.shape), ranks={"rank": rank},
+                           factors={"first": right.T.reshape(rank, in_c, kh, kw), "second": left})
+    result.rel_error = relative_error(result.reconstruct(), w)
+    result.history = [result.rel_error]
+    return result.to(weight.device, weight.dtype)
+
+
+@register_reconstructor("svd")
+def _reconstruct(result: Decomposition) -> torch.Tensor:
+    f = result.factors
+    first = f["first"]
+    return (f["second"] @ first.reshape(first.shape[0], -1)).reshape(result.kernel_shape)
