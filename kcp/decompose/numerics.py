@@ -11,10 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import tensorly as tl
 import torch
-from tensorly.cp_tensor import CPTensor
-from tensorly.decomposition import parafac, partial_tucker
 
 # TensorLy's overhead per call dominates on small tensors, where its numpy backend is ~20x faster
 # than its pytorch one; on large ones the pytorch backend with the einsum MTTKRP (opt_einsum picks a
@@ -82,6 +79,10 @@ def cp_als(
     random_state: int | np.random.Generator | None = 0,
 ) -> tuple[list[torch.Tensor], list[float]]:
     """CP-ALS (TensorLy ``parafac``) from :func:`cp_init`; returns factors (weights folded in) and errors."""
+    import tensorly as tl  # imported here so that running factorised modules (e.g. on a GPU box) needs no TensorLy
+    from tensorly.cp_tensor import CPTensor
+    from tensorly.decomposition import parafac
+
     rng = rng_for(random_state)
     init = cp_init(tensor, rank, rng)
     seed = int(rng.integers(2**31 - 1))
@@ -139,6 +140,9 @@ def tucker2(
 
     Returns ``(core, u_out, u_in)`` with ``W ~ core x_0 u_out x_1 u_in``.
     """
+    import tensorly as tl
+    from tensorly.decomposition import partial_tucker
+
     with tl.backend_context("pytorch", local_threadsafe=True):
         (core, factors), _ = partial_tucker(
             tensor, rank=[out_rank, in_rank], modes=[0, 1], n_iter_max=n_iter_max, init="svd", tol=tol,
