@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 # torch.utils.benchmark pulls in cpp_extension, which warns on a CUDA build with no CUDA runtime.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _LOCK = threading.Lock()
@@ -36,6 +36,7 @@ class LatencySettings:
     runs: int = 30
     warmup: int = 5
     min_run_time: float = 0.2
+    threads: int = 0  # CPU threads for the timing; 0 means torch's current setting
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -46,7 +47,7 @@ class LatencySettings:
             raise ValueError("device 'cuda' was asked for, but no CUDA GPU is available here; use 'cpu'")
         if self.cuda_graph and not self.device.startswith("cuda"):
             raise ValueError("CUDA-graph replay needs device 'cuda'")
-        if self.batch < 1 or self.runs < 1 or self.warmup < 0:
+        if self.batch < 1 or self.runs < 1 or self.warmup < 0 or self.threads < 0:
             raise ValueError(
                 f"batch and runs must be >= 1 and warmup >= 0, got {self.batch}, {self.runs}, {self.warmup}"
             )
@@ -134,7 +135,8 @@ def _time_cuda(mod: nn.Module, x: torch.Tensor, settings: LatencySettings) -> li
 def _time_cpu(mod: nn.Module, x: torch.Tensor, settings: LatencySettings) -> list[float]:
     for _ in range(settings.warmup):
         mod(x)
-    timer = benchmark.Timer(stmt="mod(x)", globals={"mod": mod, "x": x}, num_threads=torch.get_num_threads())
+    threads = settings.threads or torch.get_num_threads()
+    timer = benchmark.Timer(stmt="mod(x)", globals={"mod": mod, "x": x}, num_threads=threads)
     samples: list[float] = []
     while len(samples) < settings.runs:
         m = timer.blocked_autorange(min_run_time=settings.min_run_time / settings.runs)
@@ -157,7 +159,8 @@ def measure(module: nn.Module, in_shape: tuple[int, int, int], settings: Latency
     return Timing(
         median_ms=median, p10_ms=p10, p90_ms=p90, runs=len(samples), device=settings.device,
         device_name=device_name(settings.device), dtype=settings.dtype, batch=settings.batch,
-        channels_last=settings.channels_last, cuda_graph=settings.cuda_graph, threads=torch.get_num_threads(),
+        channels_last=settings.channels_last, cuda_graph=settings.cuda_graph,
+        threads=settings.threads or torch.get_num_threads(),
         cudnn_benchmark=bool(torch.backends.cudnn.benchmark), torch_version=torch.__version__,
     )
 

@@ -1,0 +1,7 @@
+"""Entry point of ``python -m kcp``."""
+
+import sys
+
+from kcp.cli import main
+
+sys.exit(main())

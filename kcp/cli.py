@@ -1,0 +1,225 @@
+"""``python -m kcp``: list a model's conv layers, decompose one, or sweep a rank grid.
+
+Bad arguments and bad input exit with code 2 and one line on stderr that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from kcp import zoo
+from kcp.cache import ResultCache
+from kcp.decompose import kcp as kcp_decompose
+from kcp.export import save_layer
+from kcp.latency import DTYPES, LatencySettings
+from kcp.metrics import counted_macs, output_error
+from kcp.modules import to_module
+from kcp.sweep import BASELINES, SweepConfig, sweep
+from kcp.target import LayerTarget
+
+
+class UsageError(Exception):
+    """A bad argument: reported on one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _factors(text: str) -> tuple[int, int, int, int]:
+    values = _ints(text)
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"--factors takes four sizes OA,OB,IA,IB, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    known = ("kcp", *BASELINES)
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in values if v not in known]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"unknown methods {bad}: choose from {','.join(known)}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m kcp", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, help=f"a zoo name ({', '.join(zoo.MODELS)}) or a checkpoint path")
+        p.add_argument("--arch", help="architecture of a checkpoint (a zoo name); detected from its keys if omitted")
+
+    def layer_args(p: argparse.ArgumentParser) -> None:
+        model_args(p)
+        p.add_argument("--layer", required=True, help="conv layer name (see `python -m kcp layers`)")
+        p.add_argument("--factors", type=_factors, help="factor shape OA,OB,IA,IB (default: balanced pairs)")
+        p.add_argument("--placement", choices=("split", "a-spatial"), default="split")
+        p.add_argument("--sweeps", type=int, default=60, help="most refinement sweeps (default 60)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--images", type=int, help="real images for output error and fidelity (default per model)")
+
+    layers = sub.add_parser("layers", help="list a model's conv layers")
+    model_args(layers)
+    layers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    dec = sub.add_parser("decompose", help="KCP-decompose one layer and print its metrics")
+    layer_args(dec)
+    dec.add_argument("--kt", type=int, required=True, help="KT rank R")
+    dec.add_argument("--cp", type=int, required=True, help="CP rank K")
+    dec.add_argument("--no-refine", action="store_true", help="keep the two-stage result")
+    dec.add_argument("--save", help="write the decomposed layer to this .pt file")
+    dec.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    sw = sub.add_parser("sweep", help="sweep a KT x CP rank grid against the baselines")
+    layer_args(sw)
+    sw.add_argument("--kt", type=_ints, required=True, help="KT ranks, e.g. 1,2,4")
+    sw.add_argument("--cp", type=_ints, required=True, help="CP ranks, e.g. 1,2,4,8")
+    sw.add_argument("--methods", type=_methods, default=("kcp", *BASELINES))
+    sw.add_argument("--match", choices=("params", "macs"), default="params", help="baselines' budget")
+    sw.add_argument("--latency", action="store_true", help="measure latency (dense timed alongside)")
+    sw.add_argument("--device", default="cpu", help="cpu or cuda (for latency)")
+    sw.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    sw.add_argument("--batch", type=int, default=1)
+    sw.add_argument("--channels-last", action="store_true")
+    sw.add_argument("--no-fidelity", action="store_true", help="skip the network-level top-1 agreement")
+    sw.add_argument("--cold", action="store_true", help="no warm starts between grid points")
+    sw.add_argument("--cache-dir", help="result cache folder (default $KCP_CACHE_DIR or ~/.cache/kcp-rank-explorer)")
+    sw.add_argument("--no-cache", action="store_true")
+    sw.add_argument("--out", required=True, help="output .csv or .json")
+    return parser
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30) -> None:
+        self.stream, self.width, self.start = stream, width, time.perf_counter()
+
+    def __call__(self, done: int, total: int, row: dict[str, Any]) -> None:
+        filled = self.width * done // max(total, 1)
+        if row["method"] == "kcp":
+            what = f"kcp R={row['kt_rank']} K={row['cp_rank']}"
+        else:
+            what = row["method"] + (f" rank {row['rank']}" if row.get("rank") else "")
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} "
+                          f"{time.perf_counter() - self.start:6.1f}s  {what:<24}")
+        if done == total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _load(args) -> zoo.LoadedModel:
+    return zoo.load_model(args.model, arch=args.arch)
+
+
+def _cmd_layers(args) -> int:
+    infos = zoo.conv_layers(_load(args))
+    if args.json:
+        print(json.dumps([vars(i) if not hasattr(i, "_asdict") else i._asdict() for i in infos], default=list))
+        return 0
+    print(f"{'layer':<28} {'shape':<18} {'stride':<7} {'pad':<7} {'dil':<6} {'grp':>4} {'in -> out':<15} "
+          f"{'params':>10} {'MACs':>14}  KCP")
+    for i in infos:
+        shape = "x".join(map(str, i.weight_shape))
+        hw = "-" if i.in_hw is None else f"{i.in_hw[0]}x{i.in_hw[1]} -> {i.out_hw[0]}x{i.out_hw[1]}"
+        macs = "-" if i.macs is None else f"{i.macs:,}"
+        kcp_note = "yes" if i.kcp_ok else f"no: {i.kcp_reason}"
+        print(f"{i.name:<28} {shape:<18} {_pair(i.stride):<7} {_pair(i.padding):<7} {_pair(i.dilation):<6} "
+              f"{i.groups:>4} {hw:<15} {i.params:>10,} {macs:>14}  {kcp_note}")
+    return 0
+
+
+def _pair(value) -> str:
+    return value if isinstance(value, str) else "x".join(map(str, value))
+
+
+def _cmd_decompose(args) -> int:
+    loaded = _load(args)
+    target = LayerTarget.from_zoo(loaded, args.layer, n_images=args.images)
+    start = time.perf_counter()
+    result = kcp_decompose(target.conv.weight.detach(), args.kt, args.cp, factors=args.factors,
+                           placement=args.placement, refine_sweeps=0 if args.no_refine else args.sweeps,
+                           random_state=args.seed)
+    seconds = time.perf_counter() - start
+    module = to_module(result, geometry=target.geometry, bias=target.conv.bias).eval()
+    in_shape = (target.kernel_shape[1], *target.in_hw)
+    report: dict[str, Any] = {
+        "model": loaded.name, "layer": args.layer, "kernel": list(target.kernel_shape),
+        "factors": str(result.factor_shape), "placement": result.placement, "kt_rank": args.kt, "cp_rank": args.cp,
+        "params": result.params(), "dense_params": target.dense_params(), "compression": result.compression(),
+        "macs": result.macs(target.in_hw, target.geometry), "counted_macs": counted_macs(module, in_shape),
+        "dense_macs": target.dense_macs(), "rel_error": result.rel_error, "refine_sweeps": result.info.get("sweeps"),
+        "error_after_two_stages": result.history[0], "seconds": seconds,
+    }
+    if "refine_skipped" in result.info:
+        report["note"] = result.info["refine_skipped"]
+    if target.inputs is not None:
+        report["output_rel_error"] = output_error(target.conv, module, target.inputs)
+    if target.fidelity is not None:
+        fid = target.fidelity(module)
+        report.update(top1_agreement=fid.top1_agreement, accuracy=fid.accuracy, n_images=fid.n_images)
+    if args.save:
+        save_layer(args.save, result, target.geometry, target.conv.bias, {"model": loaded.name, "layer": args.layer})
+        report["saved"] = args.save
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        width = max(map(len, report))
+        for key, value in report.items():
+            shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
+            shown = f"{value:.6g}" if isinstance(value, float) else shown
+            print(f"{key:<{width}}  {shown}")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    if not args.out.endswith((".csv", ".json")):
+        raise UsageError(f"--out must end in .csv or .json, got {args.out!r}")
+    latency = None
+    if args.latency:
+        latency = LatencySettings(device=args.device, dtype=args.dtype, batch=args.batch,
+                                  channels_last=args.channels_last)
+    loaded = _load(args)
+    target = LayerTarget.from_zoo(loaded, args.layer, n_images=args.images, fidelity=not args.no_fidelity)
+    config = SweepConfig(kt_ranks=args.kt, cp_ranks=args.cp, methods=args.methods, factors=args.factors,
+                         placement=args.placement, refine_sweeps=args.sweeps, seed=args.seed, match=args.match,
+                         warm_start=not args.cold, fidelity=not args.no_fidelity, latency=latency)
+    cache = None if args.no_cache else ResultCache(args.cache_dir)
+    result = sweep(target, config, cache=cache, progress=Progress())
+    path = result.write(args.out)
+    print(f"{len(result.rows)} rows in {result.seconds:.1f} s -> {path}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"layers": _cmd_layers, "decompose": _cmd_decompose, "sweep": _cmd_sweep}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UsageError, ValueError) as exc:  # ZooError is a ValueError too
+        message = " ".join(str(exc).split())
+        print(f"python -m kcp: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\npython -m kcp: interrupted (finished sweep points are cached)", file=sys.stderr)
+        return 130
