@@ -22,10 +22,9 @@ from kcp.budget import BUDGET_KINDS, largest_within
 from kcp.cache import ResultCache, cache_key
 from kcp.costs import METHODS as ALL_METHODS
 from kcp.decompose import Decomposition, decompose, kcp
+from kcp.evaluate import evaluate
 from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import LatencySettings, measure
-from kcp.metrics import output_error
-from kcp.modules import to_module
 from kcp.target import LayerTarget
 
 BASELINES = ("kt", "cp", "tucker2", "svd")
@@ -168,33 +167,9 @@ class _Runner:
         hit = self._cached(mkey)
         if hit is not None:
             return {**hit["row"], "matched_to": matched_to}
-        t, c = self.target, self.config
-        ranks = result.ranks
-        row: dict[str, Any] = {
-            "model": t.model, "layer": t.name, "method": result.method,
-            "kt_rank": ranks.get("kt_rank"), "cp_rank": ranks.get("cp_rank"),
-            "rank": ranks.get("rank", ranks.get("kt_rank", ranks.get("out_rank"))),
-            "in_rank": ranks.get("in_rank"), "out_rank": ranks.get("out_rank"),
-            "factors": str(result.factor_shape) if result.factor_shape else "",
-            "placement": result.placement or "",
-            "params": result.params(), "dense_params": t.dense_params(), "compression": result.compression(),
-            "macs": result.macs(t.in_hw, t.geometry, c.channel_path if result.method == "kcp" else "layered"),
-            "dense_macs": t.dense_macs(), "rel_error": result.rel_error,
-            "output_rel_error": None, "top1_agreement": None, "accuracy": None,
-            "latency_ms": None, "dense_latency_ms": None, "device": None,
-            "seconds": round(seconds, 4), "sweeps": result.info.get("sweeps"),
-            "warm_start": bool(result.info.get("warm_start", False)),
-        }
-        options = {"channel_path": c.channel_path} if result.method == "kcp" else {}
-        module = to_module(result.to(dtype=self.weight.dtype), geometry=t.geometry, bias=t.conv.bias, **options).eval()
-        if c.output_error and t.inputs is not None:
-            row["output_rel_error"] = output_error(t.conv, module, t.inputs)
-        if c.fidelity and t.fidelity is not None:
-            fid = t.fidelity(module)
-            row["top1_agreement"], row["accuracy"] = fid.top1_agreement, fid.accuracy
-        if c.latency is not None:
-            timing = measure(module, (t.kernel_shape[1], *t.in_hw), c.latency)
-            row.update(latency_ms=timing.median_ms, dense_latency_ms=self.dense_latency, device=timing.device_name)
+        c = self.config
+        row = evaluate(self.target, result, output_error=c.output_error, fidelity=c.fidelity, latency=c.latency,
+                       dense_latency_ms=self.dense_latency, channel_path=c.channel_path, seconds=seconds)
         self._store(mkey, {"row": row})
         return {**row, "matched_to": matched_to}
 
