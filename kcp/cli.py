@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 class Progress:
     """A one-line progress bar on stderr."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30) -> None:
-        self.stream, self.width, self.start = stream, width, time.perf_counter()
+    def __init__(self, width: int = 30) -> None:
+        self.width, self.start = width, time.perf_counter()
 
     def __call__(self, done: int, total: int, row: dict[str, Any]) -> None:
         filled = self.width * done // max(total, 1)
@@ -118,11 +118,12 @@ class Progress:
             what = f"kcp R={row['kt_rank']} K={row['cp_rank']}"
         else:
             what = row["method"] + (f" rank {row['rank']}" if row.get("rank") else "")
-        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} "
+        stream = sys.stderr
+        stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} "
                           f"{time.perf_counter() - self.start:6.1f}s  {what:<24}")
         if done == total:
-            self.stream.write("\n")
-        self.stream.flush()
+            stream.write("\n")
+        stream.flush()
 
 
 def _load(args) -> zoo.LoadedModel:
