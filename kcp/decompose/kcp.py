@@ -12,9 +12,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from kcp.decompose.als import cp_batch, side_tensor
 from kcp.decompose.kt import kt_terms
-from kcp.decompose.numerics import cp_decompose, randn, relative_error, rng_for
-from kcp.decompose.refine import JOINT_LIMIT, refine, residual, side_tensor
+from kcp.decompose.numerics import randn, relative_error, rng_for
+from kcp.decompose.refine import JOINT_LIMIT, refine, residual
 from kcp.decompose.result import Decomposition, register_reconstructor
 from kcp.decompose.validate import check_kernel, check_positive, check_rank
 from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank, rearrange, unrearrange
@@ -24,15 +25,9 @@ B_KEYS = ("b_out", "b_in", "b_h", "b_w")
 FACTOR_KEYS = A_KEYS + B_KEYS
 
 
-def _stack(per_term: list[list[torch.Tensor]]) -> list[torch.Tensor]:
-    return [torch.stack([term[m] for term in per_term]) for m in range(4)]
-
-
 def _two_stage(matrix: torch.Tensor, shape: FactorShape, r: int, k: int, rng) -> tuple[list, list]:
     a, b = kt_terms(matrix, r)
-    a_terms = [cp_decompose(t.reshape(shape.a_shape), k, rng) for t in a]
-    b_terms = [cp_decompose(t.reshape(shape.b_shape), k, rng) for t in b]
-    return _stack(a_terms), _stack(b_terms)
+    return cp_batch(a.reshape(r, *shape.a_shape), k, rng), cp_batch(b.reshape(r, *shape.b_shape), k, rng)
 
 
 def _warm_start(matrix, shape, r, k, init: Decomposition, rng) -> tuple[list, list]:
