@@ -15,9 +15,13 @@ from torch import nn
 from kcp.costs import CHANNEL_PATHS
 from kcp.decompose import Decomposition
 from kcp.geometry import ConvGeometry
+from kcp.kernels import FAST_PATHS, FUSED_VARIANTS, choose, path_supported, run_path
+from kcp.kernels.prepare import needs_grad
 from kcp.modules.base import FactorisedConv2d, depthwise_h, depthwise_w
 
 _SPATIAL = ("a_h", "b_h", "a_w", "b_w")
+# What the module can run; kcp.costs.CHANNEL_PATHS (the two whose MACs it accounts) is a subset.
+MODULE_PATHS = (*CHANNEL_PATHS, *FAST_PATHS, "auto")
 
 
 class KCPConv2d(FactorisedConv2d):
@@ -25,7 +29,13 @@ class KCPConv2d(FactorisedConv2d):
 
     ``channel_path='layered'`` runs L1 and L4 as two small contractions each (fewest MACs);
     ``'dense'`` materialises each as one 1x1 conv whose weight columns are ``a (x) b`` (more MACs,
-    one GEMM). Both give the same output.
+    one GEMM). Both give the same output. The fast paths of :mod:`kcp.kernels` give it too:
+    ``'merged'`` (L1-L3 as one k_h x k_w conv, then a 1x1 conv), ``'full'`` (the reconstructed kernel as
+    one conv), ``'fused'`` (L1 as one GEMM, then one Triton kernel for L2-L4) and ``'fused_all'`` (one
+    Triton kernel for the whole chain); the Triton ones run on CUDA (or under Triton's interpreter)
+    without autograd, and raise a ValueError saying why otherwise. ``'auto'`` times every path that can
+    run on the first input of each device, dtype, memory format and shape, keeps the fastest, and says
+    what it picked and why in ``last_choice``.
     """
 
     method = "kcp"
@@ -44,6 +54,7 @@ class KCPConv2d(FactorisedConv2d):
         for key in _SPATIAL:
             setattr(self, key, nn.Parameter(f[key]) if f[key].shape[1] > 1 else None)
         self.channel_path = channel_path
+        self.last_choice: str | None = None
 
     @property
     def channel_path(self) -> str:
@@ -51,8 +62,8 @@ class KCPConv2d(FactorisedConv2d):
 
     @channel_path.setter
     def channel_path(self, value: str) -> None:
-        if value not in CHANNEL_PATHS:
-            raise ValueError(f"channel_path must be one of {', '.join(CHANNEL_PATHS)}, got {value!r}")
+        if value not in MODULE_PATHS:
+            raise ValueError(f"channel_path must be one of {', '.join(MODULE_PATHS)}, got {value!r}")
         self._channel_path = value
 
     @property
@@ -121,15 +132,44 @@ class KCPConv2d(FactorisedConv2d):
         return y.reshape(n, self.out_channels, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        path = self._auto_path(x) if self.channel_path == "auto" else self.channel_path
+        return self._run(x, path)
+
+    def _run(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        if path in FAST_PATHS:
+            return run_path(self, x, path)
         top, bottom, left, right = self.pads()
         kh, kw = self.kernel_size
-        if self.channel_path == "dense":
+        if path == "dense":
             z = F.conv2d(x, self.in_weight())
         else:
             z = self._contract_in(x)
         z = depthwise_h(z, self.spatial_filters("h"), self.geometry, kh, (top, bottom))
         z = depthwise_w(z, self.spatial_filters("w"), self.geometry, kw, (left, right))
-        if self.channel_path == "dense":
+        if path == "dense":
             return F.conv2d(z, self.out_weight(), self.bias)
         y = self._contract_out(z)
         return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
+
+    def _auto_path(self, x: torch.Tensor) -> str:
+        """The path 'auto' runs for this kind of input: timed once per key, then remembered."""
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        key = (str(x.device), x.dtype, channels_last, tuple(x.shape), needs_grad(self, x))
+        choices = self.__dict__.setdefault("_auto_choices", {})
+        if key not in choices:
+            choices[key] = self._choose(x)
+        path, self.last_choice = choices[key]
+        return path
+
+    def _choose(self, x: torch.Tensor) -> tuple[str, str]:
+        candidates, skipped = list(CHANNEL_PATHS), {}
+        for path in FAST_PATHS:
+            ok, why = path_supported(self, x, path)
+            if ok and path in FUSED_VARIANTS and x.device.type != "cuda":
+                ok, why = False, "Triton's CPU interpreter is for tests, not speed"
+            if ok:
+                candidates.append(path)
+            else:
+                skipped[path] = why
+        tol = 1e-2 if x.dtype == torch.float32 else 5e-2
+        return choose(lambda p: self._run(x, p), candidates, skipped, x.device, tol)
