@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 import traceback
@@ -38,6 +37,7 @@ from kcp.decompose import Decomposition  # noqa: E402
 from kcp.geometry import ConvGeometry  # noqa: E402
 from kcp.kernels import FAST_PATHS, SWEEP_CONFIGS, fused_forward  # noqa: E402
 from kcp.kernels.checks import random_kcp, run_checks  # noqa: E402
+from kcp.latency import cuda_samples, percentiles  # noqa: E402
 from kcp.modules import to_module  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -162,30 +162,9 @@ def path_macs(module: nn.Module, path: str, hw: int) -> int:
 
 
 def time_cuda(fn: Callable[[], object], warmup: int, runs: int, graph: bool) -> dict:
-    """Median and spread of ``fn()`` in ms (CUDA events around each call; optionally replaying a CUDA graph)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    if graph:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        fn = g.replay
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)]
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    samples = sorted(s.elapsed_time(e) for s, e in events)
-    pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))]
-    return {"median_ms": statistics.median(samples), "p10_ms": pick(0.1), "p90_ms": pick(0.9), "runs": runs}
+    """Median and spread of ``fn()`` in ms (kcp.latency's CUDA-event timing, optionally replaying a CUDA graph)."""
+    median, p10, p90 = percentiles(cuda_samples(fn, warmup, runs, graph))
+    return {"median_ms": median, "p10_ms": p10, "p90_ms": p90, "runs": runs}
 
 
 def peak_bandwidth(name: str) -> tuple[float | None, str | None]:

@@ -11,6 +11,7 @@ import copy
 import logging
 import statistics
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -99,37 +100,41 @@ def _prepare(module: nn.Module, in_shape: tuple[int, int, int], settings: Latenc
     return mod, x.contiguous(memory_format=layout)
 
 
-def _percentiles(samples: list[float]) -> tuple[float, float, float]:
+def percentiles(samples: list[float]) -> tuple[float, float, float]:
+    """Median, 10th and 90th percentile of timing samples."""
     ordered = sorted(samples)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
     return statistics.median(ordered), pick(0.1), pick(0.9)
 
 
-def _time_cuda(mod: nn.Module, x: torch.Tensor, settings: LatencySettings) -> list[float]:
-    run = lambda: mod(x)
-    for _ in range(max(settings.warmup, 1)):
-        run()
+def cuda_samples(fn: Callable[[], object], warmup: int, runs: int, graph: bool = False) -> list[float]:
+    """Per-call times of ``fn()`` in ms from CUDA events recorded back to back (one sync at the end),
+    after ``warmup`` calls; with ``graph`` the call is captured once and its CUDA graph replayed."""
+    for _ in range(max(warmup, 1)):
+        fn()
     torch.cuda.synchronize()
-    if settings.cuda_graph:
+    if graph:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            run()
+            fn()
         torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            run()
-        run = graph.replay
-        run()
-    samples = []
-    for _ in range(settings.runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        captured = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(captured):
+            fn()
+        fn = captured.replay
+        fn()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)]
+    for start, end in events:
         start.record()
-        run()
+        fn()
         end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    return samples
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in events]
+
+
+def _time_cuda(mod: nn.Module, x: torch.Tensor, settings: LatencySettings) -> list[float]:
+    return cuda_samples(lambda: mod(x), settings.warmup, settings.runs, settings.cuda_graph)
 
 
 def _time_cpu(mod: nn.Module, x: torch.Tensor, settings: LatencySettings) -> list[float]:
@@ -155,7 +160,7 @@ def measure(module: nn.Module, in_shape: tuple[int, int, int], settings: Latency
             samples = (_time_cuda if settings.device.startswith("cuda") else _time_cpu)(mod, x, settings)
         except RuntimeError as exc:
             raise ValueError(f"cannot time this layer in {settings.dtype} on {settings.device}: {exc}") from exc
-    median, p10, p90 = _percentiles(samples)
+    median, p10, p90 = percentiles(samples)
     return Timing(
         median_ms=median, p10_ms=p10, p90_ms=p90, runs=len(samples), device=settings.device,
         device_name=device_name(settings.device), dtype=settings.dtype, batch=settings.batch,

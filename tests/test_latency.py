@@ -21,7 +21,7 @@ def test_measure_records_what_shaped_the_figure():
 
 def test_bigger_work_takes_longer():
     small, big = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(128, 128, 3, padding=1)
-    quick = LatencySettings(runs=10, warmup=2, min_run_time=0.05)
+    quick = LatencySettings(runs=10, warmup=2, min_run_time=0.05, threads=1)  # one thread: robust on a busy machine
     t_small, t_big = measure(small, (8, 32, 32), quick), measure(big, (128, 32, 32), quick)
     assert t_big.median_ms > 3 * t_small.median_ms  # 256x the MACs
 
