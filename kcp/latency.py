@@ -142,11 +142,10 @@ def _time_cpu(mod: nn.Module, x: torch.Tensor, settings: LatencySettings) -> lis
         mod(x)
     threads = settings.threads or torch.get_num_threads()
     timer = benchmark.Timer(stmt="mod(x)", globals={"mod": mod, "x": x}, num_threads=threads)
-    samples: list[float] = []
-    while len(samples) < settings.runs:
-        m = timer.blocked_autorange(min_run_time=settings.min_run_time / settings.runs)
-        samples.extend(t * 1e3 for t in m.times)
-    return samples
+    # Exactly ``runs`` samples, each a block of calls long enough to add up to about ``min_run_time``.
+    once = timer.timeit(1).median
+    number = max(1, int(settings.min_run_time / settings.runs / max(once, 1e-9)))
+    return [timer.timeit(number).median * 1e3 for _ in range(settings.runs)]
 
 
 def measure(module: nn.Module, in_shape: tuple[int, int, int], settings: LatencySettings | None = None) -> Timing:

@@ -31,8 +31,8 @@ BASELINES = ("kt", "cp", "tucker2", "svd")
 COLUMNS = (
     "model", "layer", "method", "kt_rank", "cp_rank", "rank", "in_rank", "out_rank", "factors", "placement",
     "params", "dense_params", "compression", "macs", "dense_macs", "rel_error", "output_rel_error",
-    "top1_agreement", "accuracy", "latency_ms", "dense_latency_ms", "device", "seconds", "sweeps", "warm_start",
-    "matched_to",
+    "top1_agreement", "accuracy", "dense_accuracy", "latency_ms", "dense_latency_ms", "device", "seconds", "sweeps",
+    "warm_start", "matched_to",
 )
 
 

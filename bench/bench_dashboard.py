@@ -1,0 +1,201 @@
+"""How fast the dashboard is on this machine: first paint in a browser, and the live update per slider move.
+
+    python bench/bench_dashboard.py [--out bench/results/dashboard_cpu.json] [--no-browser]
+
+* Browser: ``streamlit run`` in a fresh process (cold imports, cold caches), headless Chromium opens the page: the
+  first paint is the time from navigation until the cards and the whole explore view are drawn; then
+  the slider moves below made with the keyboard, each timed from the key press until the live panel's last line
+  names the new point (the whole view redrawn).
+* Live update: the app in ``streamlit.testing.v1.AppTest`` (the server side of a rerun, no browser); the KT and CP
+  sliders move through 10 positions never computed before (each a new decomposition, evaluation and latency
+  measurement); the median of the rerun times. Layers: the offline digits CNN's ``conv4`` (64x64x3x3 at 8x8) and
+  a 256x256x3x3 layer at 14x14 (``layer3.1.conv1`` of a ResNet-18 with random weights, seeded into a temporary
+  TORCH_HOME, with real activations of 16 ImageNet-style images).
+
+Prints a table and writes the figures, with the machine and its load, as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "dashboard" / "app.py"
+CHROMIUM = Path(os.environ.get("KCP_CHROMIUM", "/usr/bin/chromium"))
+# One step at a time, as a user drags: every position is new to the caches.
+MOVES = [("kt", 3), ("cp", 5), ("kt", 4), ("cp", 6), ("kt", 5), ("cp", 8), ("kt", 6), ("cp", 3), ("kt", 1),
+         ("cp", 2)]
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+CAPTION_HAS = """([text]) => Array.from(document.querySelectorAll('[data-testid="stCaptionContainer"]'))
+    .some(c => c.innerText.includes(text)) ? performance.now() : false"""
+
+
+def _seen_after(page, text: str, start_ms: float) -> float:
+    """Seconds from ``start_ms`` (the page's clock) until a caption containing ``text`` is drawn.
+
+    Checked in the page on every animation frame, so the figure is not rounded up by Playwright's own polling.
+    """
+    hit = page.wait_for_function(CAPTION_HAS, arg=[text], polling="raf", timeout=120_000)
+    return (hit.json_value() - start_ms) / 1000
+
+
+def browser(cache_dir: str) -> dict:
+    """On a freshly started server: seconds from opening the page to the drawn cards, then the same 10 slider
+    moves as below made with the keyboard, each timed until the view shows the new point."""
+    from playwright.sync_api import sync_playwright
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(APP.relative_to(REPO)), "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env={**os.environ, "KCP_CACHE_DIR": cache_dir}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                if time.perf_counter() - started > 120:
+                    raise TimeoutError("streamlit did not start within 120 s") from None
+                time.sleep(0.1)
+        healthy = time.perf_counter() - started
+        with sync_playwright() as p:
+            chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+            page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            cards = page.wait_for_function(
+                "() => document.querySelectorAll('[data-testid=\"stMetricValue\"]').length >= 6 && performance.now()",
+                polling="raf", timeout=120_000).json_value() / 1000
+            done = _seen_after(page, "View updated for R=2 K=4 in", 0.0)
+            page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=120_000)
+            moves = []
+            for which, value in MOVES:
+                slider = page.get_by_role("slider", name="KT rank R" if which == "kt" else "CP rank K")
+                current = int(slider.input_value())
+                other = int(page.get_by_role("slider", name="CP rank K" if which == "kt" else "KT rank R")
+                            .input_value())
+                r, k = (value, other) if which == "kt" else (other, value)
+                slider.focus()
+                start = page.evaluate("() => performance.now()")
+                for _ in range(abs(value - current)):
+                    page.keyboard.press("ArrowRight" if value > current else "ArrowLeft")
+                # The live panel's last line names the point it was drawn for: then the whole view is updated.
+                moves.append(round(_seen_after(page, f"View updated for R={r} K={k} in", start), 3))
+            chromium.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return {"server_start_s": round(healthy, 2), "cards_drawn_s": round(cards, 2), "view_drawn_s": round(done, 2),
+            "clock": "from navigation start (first paint) and from the key press (moves), timed in the page",
+            "layer": "digits-cnn conv4", "moves": [f"{w}={v}" for w, v in MOVES], "move_s": moves,
+            "median_move_s": round(statistics.median(moves), 3)}
+
+
+def live(model: str | None, layer: str | None) -> dict:
+    """Median rerun time over MOVES for one layer, in AppTest."""
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.components.sidebar import widget_key
+
+    at = AppTest.from_file(str(APP), default_timeout=600)
+    t = time.perf_counter()
+    at.run()
+    if model is not None:
+        at.selectbox(key=widget_key("model")).set_value(model).run()
+    if layer is not None:
+        key = next(s.key for s in at.selectbox if s.key.startswith("_layer::"))
+        at.selectbox(key=key).set_value(layer).run()
+    opened = time.perf_counter() - t
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    times, inside = [], []
+    for which, value in MOVES:
+        slider = at.slider(key=widget_key("kt_rank" if which == "kt" else "cp_rank"))
+        t = time.perf_counter()
+        slider.set_value(value).run()
+        times.append(time.perf_counter() - t)
+        assert not at.exception, [e.value for e in at.exception]
+        note = next(c.value for c in at.caption if "View updated for" in c.value)
+        inside.append(float(note.rsplit(" in ", 1)[1].split(" s")[0]))
+    shown = {m.label: m.value for m in at.metric}
+    return {"open_s": round(opened, 2), "moves": [f"{w}={v}" for w, v in MOVES],
+            "rerun_s": [round(x, 3) for x in times], "median_rerun_s": round(statistics.median(times), 3),
+            "page_s": inside, "median_page_s": round(statistics.median(inside), 3), "last_cards": shown}
+
+
+def seed_resnet18(home: Path) -> None:
+    import torch
+    from torchvision import models as tvm
+
+    folder = home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(tvm.resnet18().state_dict(), folder / tvm.ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "dashboard_cpu.json"))
+    parser.add_argument("--no-browser", action="store_true", help="skip the first-paint measurement")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    work = Path(tempfile.mkdtemp(prefix="kcp-bench-"))
+    os.environ["KCP_CACHE_DIR"] = str(work / "cache")
+    load_before = os.getloadavg()
+    report: dict = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}}
+    if not args.no_browser and CHROMIUM.is_file():
+        report["browser"] = browser(str(work / "cache-browser"))
+    os.environ["TORCH_HOME"] = str(work / "torch_home")
+    seed_resnet18(work / "torch_home")
+    import torch
+
+    report["machine"].update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    report["live"] = {
+        "digits-cnn conv4 64x64x3x3 @8x8": live(None, None),
+        "resnet18 (random) layer3.1.conv1 256x256x3x3 @14x14": live("resnet18", "layer3.1.conv1"),
+    }
+    report["machine"]["loadavg_before_after"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
+
+    print(f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, torch "
+          f"{report['machine']['torch']} ({report['machine']['torch_threads']} threads); load average before/after "
+          f"{report['machine']['loadavg_before_after']}")
+    if "browser" in report:
+        b = report["browser"]
+        print(f"browser, first paint: server healthy {b['server_start_s']} s after start; cards drawn "
+              f"{b['cards_drawn_s']} s and the whole view {b['view_drawn_s']} s after opening the page")
+        print(f"browser, digits conv4: median {b['median_move_s']:.3f} s from key press to the updated view; per move "
+              + " ".join(f"{x:.2f}" for x in b["move_s"]))
+    print(f"{'layer':<55} {'median rerun':>13} {'median page':>12}  per move (s)")
+    for name, r in report["live"].items():
+        print(f"{name:<55} {r['median_rerun_s']:>12.3f}s {r['median_page_s']:>11.3f}s  "
+              + " ".join(f"{x:.2f}" for x in r["rerun_s"]))
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

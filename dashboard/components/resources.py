@@ -1,0 +1,182 @@
+"""Cached calls into kcp: the dashboard's only way to load models, decompose, evaluate and time.
+
+``st.cache_resource`` holds what all sessions share and nobody changes (loaded models, layer targets with
+their real activations); ``st.cache_data`` holds results (decompositions, metric rows, timings, spectra),
+which it pickles, so no session can change another's. Heavy arguments are passed with a leading underscore
+(not hashed) next to a small key that identifies them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from kcp import zoo
+from kcp.decompose import Decomposition, KTSpectrum, decompose, kt_spectrum
+from kcp.evaluate import evaluate, module_for
+from kcp.export import layer_state
+from kcp.latency import LatencySettings, Timing, measure
+from kcp.sweep import SweepResult
+from kcp.target import LayerTarget
+from kcp.zoo.registry import ASSETS
+
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "kcp-rank-explorer-uploads"
+
+
+@dataclass(frozen=True)
+class TargetKey:
+    """What identifies a layer target: the model's name and weights hash, the layer, the number of images."""
+
+    model: str
+    weights_id: str
+    layer: str
+    n_images: int | None
+
+
+@dataclass(frozen=True)
+class Point:
+    """One decomposition request: a method, its ranks (sorted items) and the options that change the result."""
+
+    method: str
+    ranks: tuple[tuple[str, int], ...]
+    factors: tuple[int, int, int, int] | None = None
+    placement: str = "split"
+    refine_sweeps: int = 60
+
+    @classmethod
+    def make(cls, method: str, ranks: dict[str, int], factors=None, placement: str = "split",
+             refine_sweeps: int = 60) -> Point:
+        kt_like = method in ("kcp", "kt")
+        return cls(method, tuple(sorted(ranks.items())), tuple(factors) if kt_like and factors else None,
+                   placement if kt_like else "split", refine_sweeps if method == "kcp" else 0)
+
+    def options(self) -> dict:
+        """Keyword arguments of ``kcp.decompose`` besides the ranks."""
+        if self.method == "kcp":
+            return {"factors": self.factors, "placement": self.placement, "refine_sweeps": self.refine_sweeps}
+        if self.method == "kt":
+            return {"factors": self.factors, "placement": self.placement}
+        return {}
+
+
+def _weights_stamp(source: str) -> tuple:
+    """Changes when the zoo model's weights file appears, disappears or is replaced (a new load is due)."""
+    spec = zoo.get_spec(source)
+    path = (ASSETS if spec.url is None else zoo.checkpoints_dir()) / spec.file_name
+    try:
+        st_ = path.stat()
+    except OSError:
+        return (str(path), None)
+    return (str(path), st_.st_size, st_.st_mtime_ns)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _load(source: str, arch: str | None, stamp: tuple) -> tuple[zoo.LoadedModel | None, zoo.ZooError | None]:
+    # A refusal is remembered too (until the weights file changes), so that a rerun does not probe the
+    # network again for seconds just to fail the same way.
+    try:
+        return zoo.load_model(source, arch=arch), None
+    except zoo.ZooError as exc:
+        return None, exc
+
+
+def load_model(source: str, arch: str | None = None) -> zoo.LoadedModel:
+    """A zoo model by name or a checkpoint by path; raises ``zoo.ZooError`` with the user-ready reason."""
+    stamp = _weights_stamp(source) if source in zoo.MODELS else (source,)
+    loaded, error = _load(source, arch, stamp)
+    if error is not None:
+        raise error
+    return loaded
+
+
+def save_upload(name: str, data: bytes) -> Path:
+    """Write uploaded bytes to a temporary file named by their hash (same bytes, same path, same cache entry)."""
+    folder = UPLOAD_DIR / hashlib.sha256(data).hexdigest()[:16]
+    path = folder / (Path(name).name or "checkpoint.pt")
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return path
+
+
+def layers(loaded: zoo.LoadedModel) -> list[zoo.ConvLayerInfo]:
+    """The model's conv layers (kcp memoises the listing per model)."""
+    return zoo.conv_layers(loaded)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _target(key: TargetKey, _loaded: zoo.LoadedModel) -> LayerTarget:
+    return LayerTarget.from_zoo(_loaded, key.layer, n_images=key.n_images, fidelity=True)
+
+
+def target(loaded: zoo.LoadedModel, layer: str, n_images: int | None) -> tuple[TargetKey, LayerTarget]:
+    """The layer with its real activations and network fidelity check (shared by every session)."""
+    key = TargetKey(loaded.name, loaded.weights_id, layer, n_images)
+    return key, _target(key, loaded)
+
+
+def _yield_to_streamlit(_sweep: int, _error: float) -> None:
+    # Touching session state is a point where Streamlit may stop this run: a slider moved during a long
+    # refinement abandons the stale decomposition instead of finishing it first.
+    st.session_state.get("_kcp_yield")
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def decomposition(key: TargetKey, point: Point, _target: LayerTarget) -> Decomposition:
+    """``kcp.decompose`` of the layer's kernel at ``point`` (cached per layer and point)."""
+    extra = {"callback": _yield_to_streamlit} if point.method == "kcp" else {}
+    return decompose(_target.conv.weight.detach(), point.method, **dict(point.ranks), **point.options(), **extra)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def metrics(key: TargetKey, point: Point, fidelity: bool, _target: LayerTarget) -> dict:
+    """``kcp.evaluate.evaluate``'s row for ``point``: costs, kernel and output error, network fidelity."""
+    result = decomposition(key, point, _target)
+    return evaluate(_target, result, output_error=True, fidelity=fidelity, latency=None)
+
+
+def _in_shape(t: LayerTarget) -> tuple[int, int, int]:
+    return (t.kernel_shape[1], *t.in_hw)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def latency(key: TargetKey, point: Point, settings: LatencySettings, _target: LayerTarget) -> Timing:
+    """Measured latency of the factorised module at ``point`` (same settings as the dense timing)."""
+    return measure(module_for(_target, decomposition(key, point, _target)), _in_shape(_target), settings)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def dense_latency(key: TargetKey, settings: LatencySettings, _target: LayerTarget) -> Timing:
+    """Measured latency of the dense layer itself, once per layer and settings."""
+    return measure(_target.conv, _in_shape(_target), settings)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def spectrum(key: TargetKey, factors: tuple[int, int, int, int] | None, placement: str,
+             _target: LayerTarget) -> KTSpectrum:
+    """The layer's KT spectrum for a factor shape and placement."""
+    return kt_spectrum(_target.conv.weight.detach(), factors=factors, placement=placement)
+
+
+def layer_file(result: Decomposition, t: LayerTarget, meta: dict) -> bytes:
+    """The decomposed layer as a ``.pt`` file (``kcp.export.load_layer`` rebuilds the module from it)."""
+    buffer = io.BytesIO()
+    torch.save(layer_state(result, t.geometry, t.conv.bias, meta), buffer)
+    return buffer.getvalue()
+
+
+def sweep_file(rows: list[dict], config: dict, cancelled: bool, seconds: float, suffix: str) -> bytes:
+    """Grid rows as a ``.csv`` or ``.json`` file, written by ``SweepResult.write`` (the CLI's format)."""
+    with tempfile.TemporaryDirectory() as folder:
+        result = SweepResult(rows, cancelled=cancelled, seconds=seconds, config=config)
+        return result.write(Path(folder) / f"grid{suffix}").read_bytes()
