@@ -12,6 +12,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_WEIGHTS = Path(os.environ.get("KCP_SHARED_WEIGHTS", REPO.parent / "shared" / "weights"))
 
 
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty TORCH_HOME for one test; the hub folder follows it (both restored afterwards)."""
+    home = tmp_path / "torch_home"
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    # Forget any torch.hub.set_dir() from elsewhere so that get_dir() resolves through TORCH_HOME.
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    assert Path(torch.hub.get_dir()) == home / "hub"
+    return home
+
+
 @pytest.fixture(scope="session")
 def shared_weights() -> Path:
     """Folder with the real CIFAR ResNet checkpoints; skips the test where it is absent."""

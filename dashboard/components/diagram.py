@@ -10,24 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import plotly.graph_objects as go
 
 from dashboard.components import fmt
+from kcp.costs import Stage
 
 _BOX_W = 1.0
 _GAP = 2.2
 _STEP = _BOX_W + _GAP
-
-
-class StageLike(Protocol):
-    name: str
-    op: str
-    in_shape: tuple[int, int, int]
-    out_shape: tuple[int, int, int]
-    params: int
-    macs: int
 
 
 def _height(channels: int, widest: int) -> float:
@@ -40,7 +32,7 @@ def _text(x: list[float], y: list[float], text: list[str], size: int, position: 
                       textfont={"size": size, "color": colour}, showlegend=False)
 
 
-def structure(stages: Sequence[StageLike], title: str = "", colour: str = "#d62728") -> go.Figure:
+def structure(stages: Sequence[Stage], title: str = "", colour: str = "#d62728") -> go.Figure:
     """Tensors as boxes and the layers between them as labelled arrows, left to right."""
     tensors = [stages[0].in_shape, *(s.out_shape for s in stages)] if stages else []
     widest = max((t[0] for t in tensors), default=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
 from kcp import zoo
@@ -44,11 +43,7 @@ def conv4(digits: zoo.LoadedModel) -> LayerTarget:
 
 
 @pytest.fixture
-def empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def empty_torch_home(torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A TORCH_HOME with no weights, and a network probe that fails at once (offline, without waiting)."""
-    home = tmp_path / "torch_home"
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
     monkeypatch.setattr("kcp.zoo.weights.probe", lambda url, timeout=0: "no network in this test")
-    return home
+    return torch_home

@@ -14,16 +14,6 @@ from kcp.zoo import LoadedModel, load_model
 RESNET18_FILE = tvm.ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
 
 
-@pytest.fixture
-def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty TORCH_HOME for one test; the hub folder follows it (both restored afterwards)."""
-    home = tmp_path / "torch_home"
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    # Forget any torch.hub.set_dir() from elsewhere so that get_dir() resolves through TORCH_HOME.
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    assert Path(torch.hub.get_dir()) == home / "hub"
-    return home
 
 
 def checkpoints(home: Path) -> Path:
