@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     sw.add_argument("--batch", type=int, default=1)
     sw.add_argument("--channels-last", action="store_true")
+    sw.add_argument("--cuda-graph", action="store_true", help="time CUDA-graph replay instead of eager calls")
     sw.add_argument("--no-fidelity", action="store_true", help="skip the network-level top-1 agreement")
     sw.add_argument("--cold", action="store_true", help="no warm starts between grid points")
     sw.add_argument("--cache-dir", help="result cache folder (default $KCP_CACHE_DIR or ~/.cache/kcp-rank-explorer)")
@@ -196,7 +197,7 @@ def _cmd_sweep(args) -> int:
     latency = None
     if args.latency:
         latency = LatencySettings(device=args.device, dtype=args.dtype, batch=args.batch,
-                                  channels_last=args.channels_last)
+                                  channels_last=args.channels_last, cuda_graph=args.cuda_graph)
     loaded = _load(args)
     target = LayerTarget.from_zoo(loaded, args.layer, n_images=args.images, fidelity=not args.no_fidelity)
     config = SweepConfig(kt_ranks=args.kt, cp_ranks=args.cp, methods=args.methods, factors=args.factors,

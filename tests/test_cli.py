@@ -69,6 +69,8 @@ def test_sweep_writes_csv_with_the_columns(tmp_path, capsys):
       "--out", "a.csv"], "unknown methods"),
     (["layers", "--model", "no-such-model"], "unknown model 'no-such-model'"),
     (["layers"], "the following arguments are required: --model"),
+    (["sweep", "--model", "digits-cnn", "--layer", "conv4", "--kt", "1", "--cp", "1", "--latency", "--cuda-graph",
+      "--out", "a.csv"], "CUDA-graph replay needs device 'cuda'"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
