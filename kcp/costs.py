@@ -57,7 +57,7 @@ def stages(
         r = ranks["rank"]
         return [
             Stage("in 1x1", "conv 1x1", (in_c, h, w), (r, h, w), in_c * r, in_c * r * h * w),
-            *_spatial_stages(r, r, kh, kw, (h, w), (ho, wo), lambda k: r * k if k > 1 else 0),
+            *_spatial_stages(r, kh, kw, (h, w), (ho, wo), lambda k: r * k if k > 1 else 0),
             Stage("out 1x1", "conv 1x1", (r, ho, wo), (out_c, ho, wo), r * out_c + nb, r * out_c * ho * wo),
         ]
     if method == "tucker2":
@@ -77,7 +77,7 @@ def stages(
     raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
 
 
-def _spatial_stages(width, per_channel, kh, kw, in_hw, out_hw, params_for) -> list[Stage]:
+def _spatial_stages(width, kh, kw, in_hw, out_hw, params_for) -> list[Stage]:
     """Depthwise k_h x 1 then 1 x k_w over ``width`` channels (skipped MACs where the size is 1)."""
     h, w = in_hw
     ho, wo = out_hw
@@ -108,7 +108,7 @@ def _kcp_stages(kernel_shape, r, k, in_hw, out_hw, fs: FactorShape, nb, channel_
     def spatial_params(size_a: int, size_b: int) -> int:
         return r * k * sum(s for s in (size_a, size_b) if s > 1)
 
-    l2, l3 = _spatial_stages(width, k, kh, kw, in_hw, out_hw, lambda _: 0)
+    l2, l3 = _spatial_stages(width, kh, kw, in_hw, out_hw, lambda _: 0)
     return [
         Stage("L1 channels in", "contraction", (in_c, h, w), (width, h, w), r * k * (fs.in_a + fs.in_b), l1_macs),
         Stage(l2.name, l2.op, l2.in_shape, l2.out_shape, spatial_params(fs.ka_h, fs.kb_h), l2.macs),

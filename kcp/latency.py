@@ -12,7 +12,7 @@ import logging
 import statistics
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -71,9 +71,6 @@ class Timing:
     threads: int
     cudnn_benchmark: bool
     torch_version: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def device_name(device: str) -> str:
