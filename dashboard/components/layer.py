@@ -20,6 +20,18 @@ def header(sel: sidebar.Selection, title: str) -> None:
                f"{fmt.count(info.params)} weights · {sel.loaded.source}")
 
 
+def open_page(title: str) -> tuple[sidebar.Selection, resources.TargetKey, LayerTarget]:
+    """Sidebar, header and the selected layer of a page; stops the page (with the reason shown) when there is none."""
+    sel = sidebar.render()
+    if sel is None:
+        st.stop()
+    header(sel, title)
+    found = layer_target(sel)
+    if found is None:
+        st.stop()
+    return sel, *found
+
+
 def layer_target(sel: sidebar.Selection) -> tuple[resources.TargetKey, LayerTarget] | None:
     """The selected layer with its real activations, refused up front if they would not fit in memory."""
     info = sel.layer

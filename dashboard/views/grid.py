@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.components import figures, guards, resources, sidebar
-from dashboard.components.layer import header, layer_target
+from dashboard.components.layer import open_page
 from kcp.cache import ResultCache
 from kcp.kron import max_cp_rank, max_kt_rank
 from kcp.sweep import SweepConfig, sweep
@@ -123,18 +123,11 @@ def export(job: dict) -> None:
 
 def main() -> None:
     """The grid page: grid controls, the sweep on request, heatmaps, Pareto plots, export."""
-    sel = sidebar.render()
-    if sel is None:
-        st.stop()
-    header(sel, "Rank grid")
-    found = layer_target(sel)
+    sel, key, target = open_page("Rank grid")
     current = sel.ranks
-    if found is None:
-        st.stop()
     if current is None:
         st.info("The grid sweeps KCP's KT and CP ranks, so it needs a layer KCP applies to (see the sidebar).")
         st.stop()
-    key, target = found
     shape = sel.factor_shape()
     top_r, top_k = max_kt_rank(shape), max_cp_rank(shape)
     c1, c2 = st.columns(2)

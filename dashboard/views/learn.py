@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.components import diagram, figures, fmt, guards, resources, sidebar
-from dashboard.components.layer import header, layer_target
+from dashboard.components.layer import open_page
 from kcp.budget import largest_within
 from kcp.costs import stages as cost_stages
 from kcp.decompose import Decomposition
@@ -136,15 +136,8 @@ def honesty() -> None:
 
 def main() -> None:
     """The learn page: the maths on this layer, section by section."""
-    sel = sidebar.render()
-    if sel is None:
-        st.stop()
-    header(sel, "Learn: what KCP does to this layer")
-    found = layer_target(sel)
+    sel, key, target = open_page("Learn: what KCP does to this layer")
     ranks = sel.ranks
-    if found is None:
-        st.stop()
-    key, target = found
     if ranks is None:
         st.info(f"KCP does not apply to {sel.layer.name} ({sel.kcp_reason}), so there is no KT spectrum or KCP "
                 f"structure to show. Pick another layer in the sidebar.")
