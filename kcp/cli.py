@@ -15,10 +15,10 @@ from typing import Any, NoReturn
 from kcp import zoo
 from kcp.cache import ResultCache
 from kcp.decompose import kcp as kcp_decompose
+from kcp.evaluate import evaluate, module_for
 from kcp.export import save_layer
 from kcp.latency import DTYPES, LatencySettings
-from kcp.metrics import counted_macs, output_error
-from kcp.modules import to_module
+from kcp.metrics import counted_macs
 from kcp.sweep import BASELINES, SweepConfig, sweep
 from kcp.target import LayerTarget
 
@@ -152,6 +152,12 @@ def _pair(value) -> str:
     return value if isinstance(value, str) else "x".join(map(str, value))
 
 
+# The evaluate() columns that `decompose` prints, in this order (None where the model cannot give one).
+_DECOMPOSE_FIELDS = ("model", "layer", "factors", "placement", "kt_rank", "cp_rank", "params", "dense_params",
+                     "compression", "macs", "dense_macs", "rel_error", "sweeps", "output_rel_error", "top1_agreement",
+                     "accuracy", "dense_accuracy", "seconds")
+
+
 def _cmd_decompose(args) -> int:
     loaded = _load(args)
     target = LayerTarget.from_zoo(loaded, args.layer, n_images=args.images)
@@ -160,23 +166,14 @@ def _cmd_decompose(args) -> int:
                            placement=args.placement, refine_sweeps=0 if args.no_refine else args.sweeps,
                            random_state=args.seed)
     seconds = time.perf_counter() - start
-    module = to_module(result, geometry=target.geometry, bias=target.conv.bias).eval()
-    in_shape = (target.kernel_shape[1], *target.in_hw)
-    report: dict[str, Any] = {
-        "model": loaded.name, "layer": args.layer, "kernel": list(target.kernel_shape),
-        "factors": str(result.factor_shape), "placement": result.placement, "kt_rank": args.kt, "cp_rank": args.cp,
-        "params": result.params(), "dense_params": target.dense_params(), "compression": result.compression(),
-        "macs": result.macs(target.in_hw, target.geometry), "counted_macs": counted_macs(module, in_shape),
-        "dense_macs": target.dense_macs(), "rel_error": result.rel_error, "refine_sweeps": result.info.get("sweeps"),
-        "error_after_two_stages": result.history[0], "seconds": seconds,
-    }
+    row = evaluate(target, result, seconds=seconds)
+    report: dict[str, Any] = {"kernel": list(target.kernel_shape), **{k: row[k] for k in _DECOMPOSE_FIELDS}}
+    report["counted_macs"] = counted_macs(module_for(target, result), (target.kernel_shape[1], *target.in_hw))
+    report["error_after_two_stages"] = result.history[0]
     if "refine_skipped" in result.info:
         report["note"] = result.info["refine_skipped"]
     if target.inputs is not None:
-        report["output_rel_error"] = output_error(target.conv, module, target.inputs)
-    if target.fidelity is not None:
-        fid = target.fidelity(module)
-        report.update(top1_agreement=fid.top1_agreement, accuracy=fid.accuracy, n_images=fid.n_images)
+        report["n_images"] = len(target.inputs)
     if args.save:
         save_layer(args.save, result, target.geometry, target.conv.bias, {"model": loaded.name, "layer": args.layer})
         report["saved"] = args.save

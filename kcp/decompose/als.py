@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from kcp.decompose.numerics import randn
+from kcp.decompose.numerics import cp_init, randn
 
 
 def khatri_rao(factors: list[torch.Tensor]) -> torch.Tensor:
@@ -105,14 +105,6 @@ def update_side(factors: list[torch.Tensor], target: torch.Tensor, gram: torch.T
     balance(factors)
 
 
-def _leading(tensors: torch.Tensor, mode: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each tensor's top ``rank`` left singular vectors and values of its mode unfolding (via the n x n Gram)."""
-    r, n = tensors.shape[0], tensors.shape[mode + 1]
-    unfolded = tensors.movedim(mode + 1, 1).reshape(r, n, -1)
-    vals, vecs = torch.linalg.eigh(unfolded @ unfolded.transpose(1, 2))
-    return vecs.flip(-1)[..., :rank], vals.flip(-1)[..., :rank].clamp_min(0).sqrt()
-
-
 def cp_batch(tensors: torch.Tensor, rank: int, rng: np.random.Generator, *, n_iter_max: int = 30,
              tol: float = 1e-6) -> list[torch.Tensor]:
     """Rank-``rank`` CP of each of R same-shape 4-mode tensors (R, n0..n3): four (R, n_m, rank) stacks.
@@ -139,12 +131,8 @@ def cp_batch(tensors: torch.Tensor, rank: int, rng: np.random.Generator, *, n_it
         for m, side in zip(free, (u[:, :, :keep] * root, vh[:, :keep].transpose(1, 2) * root)):
             out[m] = torch.cat([side, 1e-6 * norm * randn(rng, r, dims[m], rank - keep)], 2)
         return out
-    for m in free:
-        vecs, vals = _leading(tensors, m, min(rank, dims[m]))
-        if m == free[0]:
-            vecs = vecs * vals.unsqueeze(1)
-        pad = randn(rng, r, dims[m], rank - vecs.shape[2]) * (norm if m == free[0] else 1.0) / math.sqrt(dims[m])
-        out[m] = torch.cat([vecs, pad], 2)
+    for m, start in zip(free, cp_init(tensors.reshape(r, *(dims[m] for m in free)), rank, rng)):
+        out[m] = start
     total = float(tensors.norm()) or 1.0
     previous = None
     for _ in range(n_iter_max):

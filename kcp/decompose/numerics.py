@@ -30,43 +30,30 @@ def randn(rng: np.random.Generator, *shape: int) -> torch.Tensor:
     return torch.from_numpy(rng.standard_normal(shape))
 
 
-def leading_vectors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top ``rank`` left singular vectors and values of ``matrix`` via the eigh of its row Gram."""
-    vals, vecs = torch.linalg.eigh(matrix @ matrix.T)
-    order = torch.argsort(vals, descending=True)[:rank]
-    return vecs[:, order], vals[order].clamp_min(0).sqrt()
-
-
-def truncated_svd(matrix: torch.Tensor, rank: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(U sqrt(s), V sqrt(s))`` of the best rank-``rank`` approximation ``U diag(s) V^T``.
-
-    Past the matrix's own rank the extra columns are tiny random vectors, not zeros, so that a
-    later joint refinement can still put them to use.
-    """
+def truncated_svd(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U sqrt(s), V sqrt(s))`` of the best rank-``rank`` approximation ``U diag(s) V^T`` (rank <= min size)."""
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    k = min(rank, s.numel())
-    left, right = u[:, :k] * s[:k].sqrt(), vh[:k].T * s[:k].sqrt()
-    if rank > k:
-        scale = 1e-6 * (float(s[0]) if s.numel() else 1.0) ** 0.5 + 1e-30
-        left = torch.cat([left, scale * randn(rng, matrix.shape[0], rank - k)], 1)
-        right = torch.cat([right, scale * randn(rng, matrix.shape[1], rank - k)], 1)
-    return left, right
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, vh[:rank].T * root
 
 
-def unfold(tensor: torch.Tensor, mode: int) -> torch.Tensor:
-    return tensor.movedim(mode, 0).reshape(tensor.shape[mode], -1)
-
-
-def cp_init(tensor: torch.Tensor, rank: int, rng: np.random.Generator) -> list[torch.Tensor]:
-    """Leading singular vectors of every unfolding (via its n x n Gram), padded with random columns."""
+def cp_init(tensors: torch.Tensor, rank: int, rng: np.random.Generator) -> list[torch.Tensor]:
+    """A start for rank-``rank`` CP of each of R same-shape tensors (R, n_0, n_1, ...): one (R, n_m, rank)
+    stack per mode, the leading left singular vectors of each unfolding (from its small n_m x n_m Gram), padded
+    with random columns where ``rank`` exceeds n_m. The first mode carries the singular values, so the start is
+    on the tensors' scale."""
+    r = tensors.shape[0]
+    rms = float(tensors.norm()) / math.sqrt(max(tensors.numel(), 1)) + 1e-30
     factors = []
-    for mode, size in enumerate(tensor.shape):
-        vecs, vals = leading_vectors(unfold(tensor, mode), min(rank, size))
+    for mode, size in enumerate(tensors.shape[1:]):
+        unfolded = tensors.movedim(mode + 1, 1).reshape(r, size, -1)
+        vals, vecs = torch.linalg.eigh(unfolded @ unfolded.transpose(1, 2))
+        keep = min(rank, size)
+        vecs = vecs.flip(-1)[..., :keep]
+        pad = randn(rng, r, size, rank - keep) / math.sqrt(size)
         if mode == 0:
-            vecs = vecs * vals
-        if rank > size:
-            vecs = torch.cat([vecs, randn(rng, size, rank - size) / math.sqrt(size)], 1)
-        factors.append(vecs)
+            vecs, pad = vecs * vals.flip(-1)[..., :keep].clamp_min(0).sqrt().unsqueeze(1), pad * rms
+        factors.append(torch.cat([vecs, pad], 2))
     return factors
 
 
@@ -84,7 +71,7 @@ def cp_als(
     from tensorly.decomposition import parafac
 
     rng = rng_for(random_state)
-    init = cp_init(tensor, rank, rng)
+    init = [f[0] for f in cp_init(tensor.unsqueeze(0), rank, rng)]
     seed = int(rng.integers(2**31 - 1))
     options = dict(n_iter_max=n_iter_max, tol=tol, random_state=seed, return_errors=True, normalize_factors=False)
     if tensor.numel() * rank <= _SMALL_WORK:
@@ -99,38 +86,6 @@ def cp_als(
         weights, factors = cp[0], [f.clone() for f in cp[1]]
     factors[0] = factors[0] * weights
     return factors, [float(e) for e in errors]
-
-
-def cp_decompose(
-    tensor: torch.Tensor,
-    rank: int,
-    rng: np.random.Generator,
-    *,
-    n_iter_max: int = 30,
-    tol: float = 1e-6,
-) -> list[torch.Tensor]:
-    """Rank-``rank`` CP of a tensor as one (n, rank) matrix per mode; size-1 modes get ones.
-
-    Up to two non-trivial modes make a matrix, whose truncated SVD is optimal; more go to CP-ALS.
-    A tensor with no non-trivial mode is a scalar, held by the first mode as ``rank`` equal parts.
-    """
-    dims = tuple(tensor.shape)
-    free = [m for m, d in enumerate(dims) if d > 1]
-    out = [torch.ones(1, rank, dtype=tensor.dtype) for _ in dims]
-    if len(free) == 0:
-        out[0] = torch.full((1, rank), float(tensor.reshape(())) / rank, dtype=tensor.dtype)
-    elif len(free) == 1:
-        vec = tensor.reshape(-1, 1)
-        tiny = 1e-6 * (float(vec.norm()) + 1e-30) / vec.shape[0] ** 0.5
-        out[free[0]] = torch.cat([vec, tiny * randn(rng, vec.shape[0], rank - 1)], 1)
-    elif len(free) == 2:
-        out[free[0]], out[free[1]] = truncated_svd(tensor.reshape(dims[free[0]], dims[free[1]]), rank, rng)
-    else:
-        factors, _ = cp_als(tensor.reshape([dims[m] for m in free]), rank, n_iter_max=n_iter_max, tol=tol,
-                            random_state=rng)
-        for m, f in zip(free, factors):
-            out[m] = f
-    return out
 
 
 def tucker2(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kcp.decompose.numerics import relative_error, rng_for, truncated_svd
+from kcp.decompose.numerics import relative_error, truncated_svd
 from kcp.decompose.result import Decomposition, register_reconstructor
 from kcp.decompose.validate import check_kernel, check_rank
 
@@ -14,7 +14,7 @@ def svd(weight: torch.Tensor, rank: int) -> Decomposition:
     w = check_kernel(weight)
     out_c, in_c, kh, kw = w.shape
     check_rank("rank", rank, min(out_c, in_c * kh * kw), "at most min(C_out, C_in k_h k_w)")
-    left, right = truncated_svd(w.reshape(out_c, -1), rank, rng_for(0))
+    left, right = truncated_svd(w.reshape(out_c, -1), rank)
     result = Decomposition(method="svd", kernel_shape=tuple(w.shape), ranks={"rank": rank},
                            factors={"first": right.T.reshape(rank, in_c, kh, kw), "second": left})
     result.rel_error = relative_error(result.reconstruct(), w)

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from kcp.latency import cuda_samples
+
 
 def time_ms(fn: Callable[[], object], device: torch.device, runs: int = 10, budget_s: float = 0.25) -> float:
     """Median wall time of ``fn()`` in ms after a warm-up call (CUDA events on a GPU, perf_counter on the CPU).
@@ -25,13 +27,7 @@ def time_ms(fn: Callable[[], object], device: torch.device, runs: int = 10, budg
     sync()
     runs = max(3, min(runs if cuda else 5, int(budget_s / max(time.perf_counter() - start, 1e-6))))
     if cuda:
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)]
-        for begin, end in events:
-            begin.record()
-            fn()
-            end.record()
-        sync()
-        return statistics.median(b.elapsed_time(e) for b, e in events)
+        return statistics.median(cuda_samples(fn, 0, runs))
     samples = []
     for _ in range(runs):
         begin = time.perf_counter()
