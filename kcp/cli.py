@@ -14,9 +14,9 @@ from typing import Any, NoReturn
 
 from kcp import zoo
 from kcp.cache import ResultCache
-from kcp.decompose import kcp as kcp_decompose
 from kcp.evaluate import evaluate, module_for
 from kcp.export import save_layer
+from kcp.fit import DEFAULT_FIT, FITS, decompose_point, point_options
 from kcp.latency import DTYPES, LatencySettings
 from kcp.metrics import counted_macs
 from kcp.sweep import BASELINES, SweepConfig, sweep
@@ -40,6 +40,16 @@ def _ints(text: str) -> tuple[int, ...]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one integer")
     return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _factors(text: str) -> tuple[int, int, int, int]:
@@ -72,8 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--factors", type=_factors, help="factor shape OA,OB,IA,IB (default: balanced pairs)")
         p.add_argument("--placement", choices=("split", "a-spatial"), default="split")
         p.add_argument("--sweeps", type=int, default=60, help="most refinement sweeps (default 60)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--images", type=int, help="real images for output error and fidelity (default per model)")
+        p.add_argument("--seed", type=int, help="random seed (default: the library's)")
+        p.add_argument("--images", type=_positive, help="evaluation images for output error and fidelity "
+                                                        "(default per model)")
+        p.add_argument("--fit", choices=FITS, default=DEFAULT_FIT,
+                       help="fit the kernel itself, or the layer's outputs on the calibration images")
+        p.add_argument("--calibration", type=_positive, metavar="N",
+                       help="calibration images for --fit outputs (default per model; never evaluation images)")
 
     layers = sub.add_parser("layers", help="list a model's conv layers")
     model_args(layers)
@@ -153,18 +168,33 @@ def _pair(value) -> str:
 
 
 # The evaluate() columns that `decompose` prints, in this order (None where the model cannot give one).
-_DECOMPOSE_FIELDS = ("model", "layer", "factors", "placement", "kt_rank", "cp_rank", "params", "dense_params",
-                     "compression", "macs", "dense_macs", "rel_error", "sweeps", "output_rel_error", "top1_agreement",
-                     "accuracy", "dense_accuracy", "seconds")
+_DECOMPOSE_FIELDS = ("model", "layer", "fit", "calibration_images", "factors", "placement", "kt_rank", "cp_rank",
+                     "params", "dense_params", "compression", "macs", "dense_macs", "rel_error", "sweeps", "converged",
+                     "output_rel_error", "top1_agreement", "top1_changed", "eval_images", "accuracy", "dense_accuracy",
+                     "seconds")
+
+
+def _target(args, loaded: zoo.LoadedModel, fidelity: bool = True) -> LayerTarget:
+    if args.calibration is not None and args.fit != "outputs":
+        raise UsageError("--calibration only applies with --fit outputs")
+    target = LayerTarget.from_zoo(loaded, args.layer, n_images=args.images, fidelity=fidelity,
+                                  calibration=args.calibration)
+    if args.fit == "outputs" and target.calibration is None:
+        raise UsageError(f"--fit outputs needs calibration images, and {loaded.name} has none (a bare state dict): "
+                         f"give --arch, or use --fit kernel")
+    return target
 
 
 def _cmd_decompose(args) -> int:
     loaded = _load(args)
-    target = LayerTarget.from_zoo(loaded, args.layer, n_images=args.images)
+    target = _target(args, loaded)
+    options = point_options("kcp", factors=args.factors, placement=args.placement,
+                            refine_sweeps=0 if args.no_refine else args.sweeps, seed=args.seed)
+    if args.fit == "outputs":
+        target.moments()  # the calibration pass is set-up, not decomposition time
     start = time.perf_counter()
-    result = kcp_decompose(target.conv.weight.detach(), args.kt, args.cp, factors=args.factors,
-                           placement=args.placement, refine_sweeps=0 if args.no_refine else args.sweeps,
-                           random_state=args.seed)
+    result = decompose_point(target, "kcp", {"kt_rank": args.kt, "cp_rank": args.cp}, fit=args.fit,
+                             options=options)
     seconds = time.perf_counter() - start
     row = evaluate(target, result, seconds=seconds)
     report: dict[str, Any] = {"kernel": list(target.kernel_shape), **{k: row[k] for k in _DECOMPOSE_FIELDS}}
@@ -174,6 +204,10 @@ def _cmd_decompose(args) -> int:
         report["note"] = result.info["refine_skipped"]
     if target.inputs is not None:
         report["n_images"] = len(target.inputs)
+        report["images"] = target.images
+    if args.fit == "outputs":
+        report["calibration"] = target.calibration_images
+        report["objective"] = result.info.get("objective")
     if args.save:
         save_layer(args.save, result, target.geometry, target.conv.bias, {"model": loaded.name, "layer": args.layer})
         report["saved"] = args.save
@@ -196,10 +230,10 @@ def _cmd_sweep(args) -> int:
         latency = LatencySettings(device=args.device, dtype=args.dtype, batch=args.batch,
                                   channels_last=args.channels_last, cuda_graph=args.cuda_graph)
     loaded = _load(args)
-    target = LayerTarget.from_zoo(loaded, args.layer, n_images=args.images, fidelity=not args.no_fidelity)
+    target = _target(args, loaded, fidelity=not args.no_fidelity)
     config = SweepConfig(kt_ranks=args.kt, cp_ranks=args.cp, methods=args.methods, factors=args.factors,
                          placement=args.placement, refine_sweeps=args.sweeps, seed=args.seed, match=args.match,
-                         warm_start=not args.cold, fidelity=not args.no_fidelity, latency=latency)
+                         warm_start=not args.cold, fidelity=not args.no_fidelity, latency=latency, fit=args.fit)
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     result = sweep(target, config, cache=cache, progress=Progress())
     path = result.write(args.out)

@@ -34,13 +34,20 @@ def evaluate(
 ) -> dict[str, Any]:
     """Costs, kernel error, output error on the layer's real activations, network fidelity and latency.
 
+    Output error, top-1 agreement and accuracy are measured on the target's evaluation images, never the
+    calibration images an output fit learned from. ``fit`` says what the decomposition was fitted to, and
+    ``calibration_images`` on how many images (None for a kernel fit); ``top1_changed`` counts the evaluation
+    images whose top-1 class changed (of ``eval_images``): the images that decide the agreement.
     Metrics that the target cannot give (no activations, no network) or that were not asked for are None;
     ``dense_accuracy`` is the unchanged network's accuracy on the same labelled images.
     """
     ranks = result.ranks
     kcp_path = channel_path if result.method == "kcp" else "layered"
+    info = result.info
+    fit = info.get("fit", "kernel")
     row: dict[str, Any] = {
-        "model": target.model, "layer": target.name, "method": result.method,
+        "model": target.model, "layer": target.name, "method": result.method, "fit": fit,
+        "calibration_images": info.get("calibration_inputs") if fit == "outputs" else None,
         "kt_rank": ranks.get("kt_rank"), "cp_rank": ranks.get("cp_rank"),
         "rank": ranks.get("rank", ranks.get("kt_rank", ranks.get("out_rank"))),
         "in_rank": ranks.get("in_rank"), "out_rank": ranks.get("out_rank"),
@@ -49,17 +56,19 @@ def evaluate(
         "params": result.params(), "dense_params": target.dense_params(), "compression": result.compression(),
         "macs": result.macs(target.in_hw, target.geometry, kcp_path), "dense_macs": target.dense_macs(),
         "rel_error": result.rel_error, "output_rel_error": None, "top1_agreement": None, "accuracy": None,
-        "dense_accuracy": None,
+        "dense_accuracy": None, "eval_images": None, "top1_changed": None,
         "latency_ms": None, "dense_latency_ms": dense_latency_ms, "device": None,
-        "seconds": None if seconds is None else round(seconds, 4), "sweeps": result.info.get("sweeps"),
-        "warm_start": bool(result.info.get("warm_start", False)),
+        "seconds": None if seconds is None else round(seconds, 4), "sweeps": info.get("sweeps"),
+        "converged": info.get("converged"), "warm_start": bool(info.get("warm_start", False)),
     }
     module = module_for(target, result, channel_path)
     if output_error and target.inputs is not None:
         row["output_rel_error"] = layer_output_error(target.conv, module, target.inputs)
+        row["eval_images"] = len(target.inputs)
     if fidelity and target.fidelity is not None:
         fid = target.fidelity(module)
-        row.update(top1_agreement=fid.top1_agreement, accuracy=fid.accuracy, dense_accuracy=fid.baseline_accuracy)
+        row.update(top1_agreement=fid.top1_agreement, accuracy=fid.accuracy, dense_accuracy=fid.baseline_accuracy,
+                   eval_images=fid.n_images, top1_changed=fid.n_changed)
     if latency is not None:
         timing = measure(module, (target.kernel_shape[1], *target.in_hw), latency)
         row.update(latency_ms=timing.median_ms, device=timing.device_name)

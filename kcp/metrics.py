@@ -24,6 +24,17 @@ def output_error(reference: nn.Module, candidate: nn.Module, inputs: torch.Tenso
     return (diff / ref) ** 0.5
 
 
+def proportion_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95 % for the default ``z``) of a proportion ``successes / n``, e.g. the top-1
+    agreement over ``n`` images: how far the figure could move with other images of the same kind."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def counted_macs(module: nn.Module, in_shape: tuple[int, int, int]) -> int:
     """Multiply-accumulates of one image through ``module`` as ``FlopCounterMode`` counts them (FLOPs / 2)."""
     p = next(module.parameters())
@@ -33,4 +44,4 @@ def counted_macs(module: nn.Module, in_shape: tuple[int, int, int]) -> int:
     return counter.get_total_flops() // 2
 
 
-__all__ = ["counted_macs", "output_error", "relative_error"]
+__all__ = ["counted_macs", "output_error", "proportion_interval", "relative_error"]

@@ -2,7 +2,9 @@
 
 Neighbouring KCP points warm-start each other (along the CP ranks, then down the KT ranks), every
 decomposition and every row of metrics is cached on disk as soon as it is done, and a sweep can be
-cancelled between (or inside) points: a rerun picks up where it stopped.
+cancelled between (or inside) points: a rerun picks up where it stopped. ``SweepConfig.fit`` picks what every
+method is fitted to (the kernel, or the layer's outputs on the calibration images); the cache keeps the two
+fits (and different calibration data) apart.
 """
 
 from __future__ import annotations
@@ -21,18 +23,20 @@ import torch
 from kcp.budget import BUDGET_KINDS, largest_within
 from kcp.cache import ResultCache, cache_key
 from kcp.costs import METHODS as ALL_METHODS
-from kcp.decompose import Decomposition, decompose, kcp
+from kcp.decompose import Decomposition
 from kcp.evaluate import evaluate
+from kcp.fit import DEFAULT_FIT, check_fit, decompose_point, point_options
 from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import LatencySettings, measure
 from kcp.target import LayerTarget
 
 BASELINES = ("kt", "cp", "tucker2", "svd")
 COLUMNS = (
-    "model", "layer", "method", "kt_rank", "cp_rank", "rank", "in_rank", "out_rank", "factors", "placement",
+    "model", "layer", "method", "fit", "calibration_images", "kt_rank", "cp_rank", "rank", "in_rank", "out_rank",
+    "factors", "placement",
     "params", "dense_params", "compression", "macs", "dense_macs", "rel_error", "output_rel_error",
-    "top1_agreement", "accuracy", "dense_accuracy", "latency_ms", "dense_latency_ms", "device", "seconds", "sweeps",
-    "warm_start", "matched_to",
+    "top1_agreement", "top1_changed", "eval_images", "accuracy", "dense_accuracy", "latency_ms", "dense_latency_ms",
+    "device", "seconds", "sweeps", "converged", "warm_start", "matched_to",
 )
 
 
@@ -42,7 +46,9 @@ class SweepCancelled(Exception):
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """What to sweep and what to measure. ``match`` is 'params' or 'macs' (the baselines' budget)."""
+    """What to sweep and what to measure. ``match`` is 'params' or 'macs' (the baselines' budget); ``fit`` is
+    'kernel' or 'outputs' (every method, fitted on the target's calibration images). ``tol`` and ``seed`` left as
+    None take the library's defaults, as the CLI and the dashboard do, so that a point has one value everywhere."""
 
     kt_ranks: tuple[int, ...]
     cp_ranks: tuple[int, ...]
@@ -50,9 +56,10 @@ class SweepConfig:
     factors: tuple[int, int, int, int] | None = None
     placement: str = "split"
     refine_sweeps: int = 60
-    tol: float = 1e-5
-    seed: int = 0
+    tol: float | None = None
+    seed: int | None = None
     match: str = "params"
+    fit: str = DEFAULT_FIT
     warm_start: bool = True
     output_error: bool = True
     fidelity: bool = True
@@ -64,6 +71,7 @@ class SweepConfig:
         unknown = [m for m in self.methods if m not in ALL_METHODS or m == "dense"]
         if unknown or not self.methods:
             raise ValueError(f"unknown methods {unknown}: choose from {', '.join(('kcp', *BASELINES))}")
+        check_fit(self.fit)
         if self.match not in BUDGET_KINDS:
             raise ValueError(f"match must be one of {', '.join(BUDGET_KINDS)}, got {self.match!r}")
         if not self.kt_ranks or not self.cp_ranks:
@@ -115,7 +123,6 @@ class _Runner:
         self.target, self.config, self.cache = target, config, cache
         self.should_stop = should_stop or (lambda: False)
         self.shape = make_factor_shape(target.kernel_shape, config.factors, config.placement)
-        self.weight = target.conv.weight.detach()
         self.base = {"weights": target.weights_id, "model": target.model, "layer": target.name}
         self.metric_options = {
             "activations": _activation_id(target.inputs) if config.output_error else None,
@@ -125,6 +132,9 @@ class _Runner:
             "in_hw": target.in_hw,
         }
         self.dense_latency: float | None = None
+        # What an output fit learned from: part of every decomposition's cache key (None for kernel fits).
+        self.fit_key = {"fit": config.fit,
+                        "calibration": target.calibration_id() if config.fit == "outputs" else None}
 
     def _cached(self, key: str) -> dict | None:
         return self.cache.get(key) if self.cache is not None else None
@@ -140,23 +150,18 @@ class _Runner:
     def decomposition(self, method: str, ranks: dict[str, int], init: tuple[str, Decomposition] | None):
         """The decomposition (from the cache when it is there), its key and its compute time."""
         c = self.config
-        options: dict[str, Any] = {}
-        if method in ("kcp", "kt"):
-            options.update(factors=self.shape.channels, placement=c.placement)
-        if method == "kcp":
-            options.update(refine_sweeps=c.refine_sweeps, tol=c.tol, random_state=c.seed)
-        if method == "cp":
-            options.update(random_state=c.seed)
+        options = point_options(method, factors=self.shape.channels, placement=c.placement,
+                                refine_sweeps=c.refine_sweeps, tol=c.tol, seed=c.seed)
+        fit_key = self.fit_key if method != "dense" else {}
         key = cache_key(kind="decomposition", method=method, ranks=ranks, options=options,
-                        init=init[0] if init else None, **self.base)
+                        init=init[0] if init else None, **fit_key, **self.base)
         hit = self._cached(key)
         if hit is not None:
             return key, Decomposition.from_state(hit["state"]), hit["seconds"]
         start = time.perf_counter()
-        if method == "kcp":
-            result = kcp(self.weight, **ranks, **options, init=init[1] if init else None, callback=self._stop_hook)
-        else:
-            result = decompose(self.weight, method, **ranks, **options)
+        fit = c.fit if method != "dense" else DEFAULT_FIT
+        result = decompose_point(self.target, method, ranks, fit=fit, options=options,
+                                 init=init[1] if init else None, callback=self._stop_hook)
         seconds = time.perf_counter() - start
         self._store(key, {"state": result.state(), "seconds": seconds})
         return key, result, seconds
@@ -218,7 +223,7 @@ def _dense_row(runner: _Runner) -> dict[str, Any]:
     if timing is not None:
         runner.dense_latency = timing.median_ms
     key, res, secs = runner.decomposition("dense", {}, None)
-    row = runner.row(key, res, secs)
+    row = {**runner.row(key, res, secs), "fit": c.fit}  # the dense layer is the same under either fit
     if timing is not None:  # the dense layer's own figure is always fresh, never a cached one
         row.update(latency_ms=timing.median_ms, dense_latency_ms=timing.median_ms, device=timing.device_name)
     return row

@@ -4,11 +4,12 @@ Sources: torchvision ImageNet classifiers and CIFAR-10 ResNets (through the torc
 ``digits-cnn`` trained by ``python -m kcp.zoo.train_digits`` (weights in ``assets/``), and user checkpoints.
 """
 
-from kcp.zoo.activations import get_conv, layer_inputs
+from kcp.zoo.activations import get_conv, layer_batches, layer_inputs
+from kcp.zoo.calibration import layer_moments
 from kcp.zoo.checkpoint import MAX_CHECKPOINT_BYTES
 from kcp.zoo.errors import CheckpointError, WeightsUnavailable, ZooError
 from kcp.zoo.fidelity import Fidelity, baseline_logits, network_fidelity
-from kcp.zoo.images import default_images, max_images, sample_images
+from kcp.zoo.images import SPLITS, default_images, describe_images, max_images, sample_images
 from kcp.zoo.layers import ConvLayerInfo, conv_layers
 from kcp.zoo.load import load_model, weights_available
 from kcp.zoo.loaded import LoadedModel
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "MAX_CHECKPOINT_BYTES",
     "MODELS",
+    "SPLITS",
     "CheckpointError",
     "ConvLayerInfo",
     "Fidelity",
@@ -31,9 +33,12 @@ __all__ = [
     "checkpoints_dir",
     "conv_layers",
     "default_images",
+    "describe_images",
     "get_conv",
     "get_spec",
+    "layer_batches",
     "layer_inputs",
+    "layer_moments",
     "load_model",
     "max_images",
     "network_fidelity",

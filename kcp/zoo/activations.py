@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -36,24 +37,31 @@ def batch_size(loaded: LoadedModel) -> int:
     return BATCH[get_spec(loaded.arch).family] if loaded.arch else BATCH["imagenet"]
 
 
-def layer_inputs(loaded: LoadedModel, layer: str, n: int | None = None) -> torch.Tensor:
-    """The inputs (N, C, H, W) that reach conv ``layer`` from the first ``n`` real images (a fresh tensor).
-
-    The forward pass stops at the layer. A layer that runs more than once per pass gives its first input.
-    """
+def layer_batches(loaded: LoadedModel, layer: str, n: int | None = None,
+                  split: str = "evaluation") -> Iterator[torch.Tensor]:
+    """The inputs that reach conv ``layer`` from the first ``n`` real images of ``split``, one forward batch
+    at a time (so a caller that reduces them never holds them all). The forward pass stops at the layer; a
+    layer that runs more than once per pass gives its first input."""
     conv = get_conv(loaded, layer)
-    x, _ = sample_images(loaded, n)
+    x, _ = sample_images(loaded, n, split)
     captured: list[torch.Tensor] = []
 
     def grab(_name: str, inputs: tuple[torch.Tensor, ...]) -> None:
         captured.append(inputs[0].contiguous())
         raise _Reached
 
-    with thread_hooks({layer: conv}, pre=grab), torch.no_grad():
-        for batch in x.split(batch_size(loaded)):
+    for batch in x.split(batch_size(loaded)):
+        with thread_hooks({layer: conv}, pre=grab), torch.no_grad():
             try:
                 loaded.model(batch)
             except _Reached:
-                continue
-            raise ZooError(f"the forward pass of {loaded.name} never reaches {layer!r}, so it has no activations")
-    return torch.cat(captured)
+                pass
+            else:
+                raise ZooError(f"the forward pass of {loaded.name} never reaches {layer!r}, so it has no activations")
+        yield captured.pop()
+
+
+def layer_inputs(loaded: LoadedModel, layer: str, n: int | None = None, split: str = "evaluation") -> torch.Tensor:
+    """The inputs (N, C, H, W) that reach conv ``layer`` from the first ``n`` real images of ``split``
+    (a fresh tensor)."""
+    return torch.cat(list(layer_batches(loaded, layer, n, split)))

@@ -21,7 +21,8 @@ class Fidelity:
     """How closely the network with the layer replaced follows the original on ``n_images`` real images.
 
     ``accuracy`` and ``baseline_accuracy`` (of the original) exist where the images have labels (digits).
-    ``logit_rel_error`` is ||logits - original logits||_F / ||original logits||_F.
+    ``logit_rel_error`` is ||logits - original logits||_F / ||original logits||_F. ``n_changed`` images (of
+    ``n_images``) get a different top-1 class than from the original: the images that decide the agreement.
     """
 
     top1_agreement: float
@@ -29,6 +30,7 @@ class Fidelity:
     baseline_accuracy: float | None
     n_images: int
     logit_rel_error: float
+    n_changed: int
 
 
 def logits(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -38,27 +40,30 @@ def logits(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def baseline_logits(loaded: LoadedModel, n: int | None = None) -> torch.Tensor:
-    """The original network's outputs on the first ``n`` real images (computed once, a fresh copy returned)."""
-    x, _ = sample_images(loaded, n)
+    """The original network's outputs on the first ``n`` evaluation images (computed once, a fresh copy returned)."""
+    x, _ = sample_images(loaded, n, "evaluation")
     cached = _baselines.get((loaded.key, len(x)), lambda: logits(loaded.model, x, batch_size(loaded)))
     return cached.clone()
 
 
 def network_fidelity(loaded: LoadedModel, layer: str, module: nn.Module, n: int | None = None) -> Fidelity:
     """Top-1 agreement (and accuracy, where labels exist) of the network with conv ``layer`` replaced by
-    ``module``, on the first ``n`` real images. ``module`` is put in eval mode; ``loaded.model`` is not changed."""
+    ``module``, on the first ``n`` evaluation images (never the calibration ones). ``module`` is put in eval
+    mode; ``loaded.model`` is not changed."""
     get_conv(loaded, layer)
-    x, y = sample_images(loaded, n)
+    x, y = sample_images(loaded, n, "evaluation")
     base = baseline_logits(loaded, n)
     out = logits(with_layer(loaded.model, layer, module.eval()), x, batch_size(loaded))
 
     def acc(z: torch.Tensor) -> float | None:
         return None if y is None else (z.argmax(1) == y).float().mean().item()
 
+    same = out.argmax(1) == base.argmax(1)
     return Fidelity(
-        top1_agreement=(out.argmax(1) == base.argmax(1)).float().mean().item(),
+        top1_agreement=same.float().mean().item(),
         accuracy=acc(out),
         baseline_accuracy=acc(base),
         n_images=len(x),
         logit_rel_error=((out - base).norm() / base.norm()).item(),
+        n_changed=int((~same).sum()),
     )

@@ -49,7 +49,8 @@ class ModelSpec:
     url: str | None
     weights_label: str
     categories: tuple[str, ...]
-    default_images: int
+    default_images: int  # evaluation images used by default
+    default_calibration: int | None = None  # calibration images used by default (None: all of them)
     preprocess: Preprocess | None = None
     reported_top1: float | None = None
     notes: str = ""
@@ -71,6 +72,7 @@ def _torchvision(name: str, title: str, weights: tvm.WeightsEnum, notes: str) ->
         weights_label=f"torchvision {weights}",
         categories=tuple(weights.meta["categories"]),
         default_images=16,
+        default_calibration=8,  # every 224 px forward pass is slow on a CPU; the patch moments need few images
         preprocess=Preprocess(t.resize_size[0], crop, tuple(t.mean), tuple(t.std), t.interpolation.value),
         reported_top1=weights.meta["_metrics"]["ImageNet-1K"]["acc@1"] / 100,
         notes=notes,

@@ -12,7 +12,7 @@ from torchvision import models as tvm
 
 from kcp.zoo import ZooError, conv_layers, layer_inputs, load_model, sample_images
 from kcp.zoo.hooks import thread_hooks
-from kcp.zoo.images import PHOTOS, load_photos
+from kcp.zoo.images import SPLIT_PHOTOS, load_photos
 
 # ResNet-18 by hand: (name, C_out, C_in, k, stride, input side, output side) at 224 px.
 RESNET18 = [
@@ -102,7 +102,7 @@ def test_sample_images_are_real_preprocessed_and_deterministic(resnet18, digits)
     xd, yd = sample_images(digits)
     assert xd.shape == (450, 1, 8, 8) and yd.shape == (450,) and xd.min() >= 0 and xd.max() <= 1
     assert torch.equal(sample_images(digits, 5)[1], yd[:5])
-    with pytest.raises(ZooError, match=f"has {len(PHOTOS) * 4} real images"):
+    with pytest.raises(ZooError, match=f"has {len(SPLIT_PHOTOS['evaluation']) * 4} real evaluation images"):
         sample_images(resnet18, 1000)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from kcp.zoo import DEFAULT_MODEL, MODELS, baseline_logits, load_model, weights_available
-from kcp.zoo.images import PHOTOS
+from kcp.zoo.images import SPLIT_PHOTOS
 from kcp.zoo.loaded import signature
 
 
@@ -53,7 +53,7 @@ def test_real_cifar_resnets_load_strictly_and_see_a_cat(cifar_home, name: str, p
     # The file names carry the sha256 prefix of the real files.
     assert loaded.weights_id[:8] == MODELS[name].file_name.split("-")[1][:8]
     # Architecture, weights and preprocessing all have to be right for the cat photo's centre crop to be a cat.
-    cat = PHOTOS.index("chelsea.png")
+    cat = SPLIT_PHOTOS["evaluation"].index("chelsea.png")
     assert loaded.categories[baseline_logits(loaded, cat + 1)[cat].argmax()] == "cat"
 
 

@@ -1,0 +1,63 @@
+"""What a decomposition is fitted to, and the one way every path (CLI, sweep, dashboard) decomposes a point.
+
+The CLI, the sweep and the dashboard all decompose through :func:`decompose_point` with options from
+:func:`point_options`, so the same point gets the same options, seed, calibration data and fit everywhere,
+and therefore the same numbers. Options left as None take the library's defaults (never restated here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from kcp.decompose import Decomposition, decompose
+
+if TYPE_CHECKING:
+    from kcp.target import LayerTarget
+
+# "kernel": minimise ||W - W_hat||; "outputs": minimise the layer's output error on calibration inputs.
+FITS = ("kernel", "outputs")
+DEFAULT_FIT = "kernel"
+
+
+def check_fit(fit: object) -> str:
+    """``fit`` if it is one of :data:`FITS`, else a ValueError that lists them."""
+    if fit not in FITS:
+        raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(FITS)} (the kernel itself, or the layer's "
+                         f"outputs on calibration images)")
+    return fit  # type: ignore[return-value]
+
+
+def point_options(method: str, *, factors: tuple[int, int, int, int] | None = None, placement: str = "split",
+                  refine_sweeps: int | None = None, tol: float | None = None,
+                  seed: int | None = None) -> dict[str, Any]:
+    """The keyword options of ``method`` (besides ranks and fit) that change its result; None is the default."""
+    options: dict[str, Any] = {}
+    if method in ("kcp", "kt"):
+        options.update(factors=None if factors is None else tuple(factors), placement=placement)
+    if method == "kcp":
+        extra = {"refine_sweeps": refine_sweeps, "tol": tol, "random_state": seed}
+        options.update({k: v for k, v in extra.items() if v is not None})
+    if method == "cp" and seed is not None:
+        options.update(random_state=seed)
+    return options
+
+
+def decompose_point(
+    target: LayerTarget,
+    method: str,
+    ranks: dict[str, int],
+    *,
+    fit: str = DEFAULT_FIT,
+    options: dict[str, Any] | None = None,
+    init: Decomposition | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> Decomposition:
+    """Decompose ``target``'s kernel with ``method`` at ``ranks``, fitted to ``fit`` (outputs: on the target's
+    calibration images). ``options`` come from :func:`point_options`; ``init`` (a warm start) and ``callback``
+    (polled between refinement sweeps) apply to KCP only."""
+    extra: dict[str, Any] = dict(options or {})
+    extra.update(target.fit_options(fit))
+    if method == "kcp":
+        extra.update({k: v for k, v in (("init", init), ("callback", callback)) if v is not None})
+    return decompose(target.conv.weight.detach(), method, **ranks, **extra)
