@@ -70,9 +70,9 @@ class LayerTarget:
             calibration = _once(lambda: patch_moments(calibration_inputs, kernel_hw, geometry))
         return cls(model="(standalone)", name=name, conv=conv, in_hw=tuple(in_hw), weights_id=digest, inputs=inputs,
                    calibration=calibration,
-                   images=None if inputs is None else f"evaluation: {len(inputs)} given inputs",
+                   images=None if inputs is None else f"{len(inputs)} given evaluation inputs",
                    calibration_images=None if calibration_inputs is None else
-                   f"calibration: {len(calibration_inputs)} given inputs")
+                   f"{len(calibration_inputs)} given calibration inputs")
 
     @classmethod
     def from_zoo(cls, loaded, layer: str, *, n_images: int | None = None, fidelity: bool = True,

@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard.components import fmt
 from kcp.latency import Timing
+from kcp.metrics import proportion_interval
 
 LABELS = {
     "params": "Parameters",
@@ -31,10 +32,20 @@ def _card(column, key: str, value: str, delta: str | None, colour: str, help: st
     column.metric(LABELS[key], value, delta, delta_color=colour, help=help, **CARD, **extra)
 
 
+def spread(row: Mapping[str, Any]) -> str | None:
+    """How many evaluation images decide the top-1 agreement, and its 95 % interval (None without a network)."""
+    n, changed = row.get("eval_images"), row.get("top1_changed")
+    if n is None or changed is None:
+        return None
+    low, high = proportion_interval(n - changed, n)
+    return f"{changed} of {n} images changed class · 95 % CI {fmt.percent(low)}–{fmt.percent(high)}"
+
+
 def show(row: Mapping[str, Any], *, history: list[float] | None = None, timing: Timing | None = None,
-         dense_timing: Timing | None = None, n_images: int | None = None,
+         dense_timing: Timing | None = None, images: str | None = None,
          latency_note: str | None = None) -> None:
-    """Six cards in two rows, from an ``evaluate`` row and the measured timings."""
+    """Six cards in two rows, from an ``evaluate`` row and the measured timings; ``images`` says in words what
+    the evaluation images are."""
     first, second = st.columns(3), st.columns(3)
     params, dense_params = row["params"], row["dense_params"]
     delta, colour = _versus(params < dense_params, f"{fmt.ratio(row['compression'])} smaller than dense "
@@ -53,16 +64,21 @@ def show(row: Mapping[str, Any], *, history: list[float] | None = None, timing: 
           "‖W − Ŵ‖_F / ‖W‖_F: 0 is exact, 1 is no better than all zeros. The line: error after each sweep.",
           chart_data=history if history and len(history) > 1 else None)
     out = row.get("output_rel_error")
-    images = f"on {n_images} real images" if n_images else "on the layer's real input activations"
-    _card(second[0], "output_rel_error", fmt.error(out), images if out is not None else "no activations", "off",
-          "‖y − ŷ‖_F / ‖y‖_F of the layer's outputs on real activations captured in the network.")
+    n = row.get("eval_images")
+    where = f"on {n} evaluation images" if n else "on the layer's real input activations"
+    _card(second[0], "output_rel_error", fmt.error(out), where if out is not None else "no activations", "off",
+          "‖y − ŷ‖_F / ‖y‖_F of the layer's outputs on real activations captured in the network, "
+          f"{images or 'evaluation images'}. An output fit never sees these images.")
     top1, acc, dense_accuracy = row.get("top1_agreement"), row.get("accuracy"), row.get("dense_accuracy")
     note = "network not run (see the sidebar)" if top1 is None else "network with this layer replaced"
     if acc is not None:
         note = f"accuracy {fmt.percent(acc)}" + ("" if dense_accuracy is None else
                                                  f" (dense {fmt.percent(dense_accuracy)})")
+    decided = spread(row)
     _card(second[1], "top1_agreement", fmt.percent(top1), note, "off",
-          "Share of real images where the network with this layer replaced predicts the same class as the original.")
+          "Share of evaluation images where the network with this layer replaced predicts the same class as the "
+          f"original ({images or 'evaluation images'})." + (f" {decided}: few images decide this figure." if
+                                                             decided else ""))
     if timing is None or dense_timing is None:
         _card(second[2], "latency", "n/a", latency_note or "latency off (sidebar)", "off",
               "Measured latency of the factorised layer against the dense one.")

@@ -49,4 +49,5 @@ def layer_target(sel: sidebar.Selection) -> tuple[resources.TargetKey, LayerTarg
             st.error(f"**Request too large**: {exc}", icon=":material/block:")
             return None
     with st.spinner(f"Capturing real activations at {info.name}…"):
-        return guards.attempt("Preparing the layer", resources.target, sel.loaded, info.name, sel.n_images)
+        return guards.attempt("Preparing the layer", resources.target, sel.loaded, info.name, sel.n_images,
+                              sel.n_calibration)

@@ -19,9 +19,10 @@ import streamlit as st
 import torch
 
 from kcp import zoo
-from kcp.decompose import Decomposition, KTSpectrum, decompose, kt_spectrum
+from kcp.decompose import Decomposition, KTSpectrum, kt_spectrum
 from kcp.evaluate import evaluate, module_for
 from kcp.export import layer_state
+from kcp.fit import DEFAULT_FIT, decompose_point, point_options
 from kcp.latency import LatencySettings, Timing, measure
 from kcp.sweep import SweepResult
 from kcp.target import LayerTarget
@@ -32,38 +33,39 @@ UPLOAD_DIR = Path(tempfile.gettempdir()) / "kcp-rank-explorer-uploads"
 
 @dataclass(frozen=True)
 class TargetKey:
-    """What identifies a layer target: the model's name and weights hash, the layer, the number of images."""
+    """What identifies a layer target: the model's name and weights hash, the layer, the number of evaluation
+    images and of calibration images (None: the model's defaults)."""
 
     model: str
     weights_id: str
     layer: str
     n_images: int | None
+    n_calibration: int | None = None
 
 
 @dataclass(frozen=True)
 class Point:
-    """One decomposition request: a method, its ranks (sorted items) and the options that change the result."""
+    """One decomposition request: a method, its ranks (sorted items), the options that change the result, and
+    what it is fitted to."""
 
     method: str
     ranks: tuple[tuple[str, int], ...]
     factors: tuple[int, int, int, int] | None = None
     placement: str = "split"
     refine_sweeps: int = 60
+    fit: str = DEFAULT_FIT
 
     @classmethod
     def make(cls, method: str, ranks: dict[str, int], factors=None, placement: str = "split",
-             refine_sweeps: int = 60) -> Point:
+             refine_sweeps: int = 60, fit: str = DEFAULT_FIT) -> Point:
         kt_like = method in ("kcp", "kt")
         return cls(method, tuple(sorted(ranks.items())), tuple(factors) if kt_like and factors else None,
-                   placement if kt_like else "split", refine_sweeps if method == "kcp" else 0)
+                   placement if kt_like else "split", refine_sweeps if method == "kcp" else 0, fit)
 
     def options(self) -> dict:
-        """Keyword arguments of ``kcp.decompose`` besides the ranks."""
-        if self.method == "kcp":
-            return {"factors": self.factors, "placement": self.placement, "refine_sweeps": self.refine_sweeps}
-        if self.method == "kt":
-            return {"factors": self.factors, "placement": self.placement}
-        return {}
+        """Keyword arguments of ``kcp.decompose`` besides the ranks and the fit (kcp.fit.point_options)."""
+        return point_options(self.method, factors=self.factors, placement=self.placement,
+                             refine_sweeps=self.refine_sweeps)
 
 
 def _weights_stamp(source: str) -> tuple:
@@ -116,12 +118,14 @@ def layers(loaded: zoo.LoadedModel) -> list[zoo.ConvLayerInfo]:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _target(key: TargetKey, _loaded: zoo.LoadedModel) -> LayerTarget:
-    return LayerTarget.from_zoo(_loaded, key.layer, n_images=key.n_images, fidelity=True)
+    return LayerTarget.from_zoo(_loaded, key.layer, n_images=key.n_images, fidelity=True,
+                                calibration=key.n_calibration)
 
 
-def target(loaded: zoo.LoadedModel, layer: str, n_images: int | None) -> tuple[TargetKey, LayerTarget]:
-    """The layer with its real activations and network fidelity check (shared by every session)."""
-    key = TargetKey(loaded.name, loaded.weights_id, layer, n_images)
+def target(loaded: zoo.LoadedModel, layer: str, n_images: int | None,
+           n_calibration: int | None = None) -> tuple[TargetKey, LayerTarget]:
+    """The layer with its real activations, network fidelity check and calibration (shared by every session)."""
+    key = TargetKey(loaded.name, loaded.weights_id, layer, n_images, n_calibration)
     return key, _target(key, loaded)
 
 
@@ -133,9 +137,9 @@ def _yield_to_streamlit(_sweep: int, _error: float) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def decomposition(key: TargetKey, point: Point, _target: LayerTarget) -> Decomposition:
-    """``kcp.decompose`` of the layer's kernel at ``point`` (cached per layer and point)."""
-    extra = {"callback": _yield_to_streamlit} if point.method == "kcp" else {}
-    return decompose(_target.conv.weight.detach(), point.method, **dict(point.ranks), **point.options(), **extra)
+    """The layer's decomposition at ``point`` (cached per layer and point), as the CLI and the sweep make it."""
+    return decompose_point(_target, point.method, dict(point.ranks), fit=point.fit, options=point.options(),
+                           callback=_yield_to_streamlit)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

@@ -20,6 +20,7 @@ from dashboard.components import fmt, guards, resources
 from dashboard.components.figures import METHOD_LABELS
 from kcp import zoo
 from kcp.budget import rank_family
+from kcp.fit import DEFAULT_FIT, FITS
 from kcp.kron import FactorShape, balanced_split, make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import DTYPES, LatencySettings
 
@@ -35,6 +36,7 @@ LIVE_FIDELITY_MACS = 10e9
 LIVE_RUNS, LIVE_WARMUP, LIVE_MIN_RUN_TIME = 10, 2, 0.02
 LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 UPLOADED = "uploaded_path"
+FIT_LABELS = {"kernel": "the kernel", "outputs": "outputs on real images"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +58,8 @@ class Selection:
     n_images: int | None
     live_fidelity: bool
     latency: LatencySettings | None
+    fit: str = DEFAULT_FIT
+    n_calibration: int | None = None
     ranks: tuple[int, int] | None = None
     baseline: tuple[str, dict[str, int]] | None = None
     slot: Any = None  # the sidebar container the rank sliders go in (see with_ranks)
@@ -71,8 +75,10 @@ class Selection:
     def factor_shape(self) -> FactorShape:
         return make_factor_shape(self.layer.weight_shape, self.factors, self.placement)
 
-    def point(self, method: str, ranks: dict[str, int]) -> resources.Point:
-        return resources.Point.make(method, ranks, self.factors, self.placement, self.refine_sweeps)
+    def point(self, method: str, ranks: dict[str, int], fit: str | None = None) -> resources.Point:
+        """The request for ``method`` at ``ranks``, fitted as the sidebar says (or to ``fit``)."""
+        return resources.Point.make(method, ranks, self.factors, self.placement, self.refine_sweeps,
+                                    fit or self.fit)
 
 
 def widget_key(key: str) -> str:
@@ -188,13 +194,28 @@ def _pick_latency(sb) -> LatencySettings | None:
                            min_run_time=LIVE_MIN_RUN_TIME)
 
 
+def _pick_fit(sb, loaded: zoo.LoadedModel) -> tuple[str, int | None]:
+    """What every method is fitted to, and on how many calibration images."""
+    if loaded.model is None:
+        return DEFAULT_FIT, None
+    fit = sb.radio("Fit to", FITS, horizontal=True, format_func=FIT_LABELS.get,
+                   help="The kernel: minimise ‖W − Ŵ‖. Outputs: minimise the layer's output error on the "
+                        "calibration images (never the evaluation images every figure is measured on).",
+                   **keep("fit", DEFAULT_FIT, FITS.__contains__))
+    top, default = zoo.max_images(loaded, "calibration"), zoo.default_images(loaded, "calibration")
+    n = int(sb.number_input("Calibration images (output fit)", 1, top, disabled=fit != "outputs",
+                            help=f"The first N of the {zoo.describe_images(loaded, 'calibration', top)}.",
+                            **keep(f"calibration::{loaded.name}", default, lambda v: 1 <= v <= top)))
+    return fit, None if n == default else n
+
+
 def _pick_images(sb, loaded: zoo.LoadedModel, infos: list[zoo.ConvLayerInfo]) -> tuple[int | None, bool]:
     if loaded.model is None:
-        sb.caption("Bare kernels (no network): no real activations, so no output error or top-1.")
+        sb.caption("Bare kernels (no network): no real activations, so no output error, top-1 or output fit.")
         return None, False
     top, default = zoo.max_images(loaded), zoo.default_images(loaded)
-    n = int(sb.number_input("Real images (output error, top-1)", 1, top,
-                            help=f"The first N of the {top} real images for this model.",
+    n = int(sb.number_input("Evaluation images (output error, top-1)", 1, top,
+                            help=f"The first N of the {zoo.describe_images(loaded, 'evaluation', top)}.",
                             **keep(f"images::{loaded.name}", default, lambda v: 1 <= v <= top)))
     network_macs = sum(i.macs or 0 for i in infos) * n
     live = sb.toggle("Network top-1 on every move",
@@ -284,6 +305,7 @@ def render(sliders: bool = True) -> Selection | None:
                         **keep(layer_key, default_layer(infos), lambda v: v in names))
     info = infos[names.index(name)]
     ranks_slot = sb.container()
+    fit_slot = sb.container()
 
     kcp_reason = None if info.kcp_ok else info.kcp_reason
     with sb.expander("Factor shape and placement"):
@@ -304,12 +326,14 @@ def render(sliders: bool = True) -> Selection | None:
                                    **keep("methods", list(METHODS), lambda v: set(v) <= set(METHODS)))) or ("kcp",)
     match = sb.radio("Baselines at equal", ("params", "macs"), horizontal=True,
                      format_func=lambda m: {"params": "parameters", "macs": "MACs"}[m], **keep("match", "params"))
+    fit, n_calibration = _pick_fit(fit_slot, loaded)
     n_images, live_fidelity = _pick_images(sb, loaded, infos)
     latency = _pick_latency(sb)
     selection = Selection(
         loaded=loaded, layer=info, kcp_reason=kcp_reason, factors=None if kcp_reason else factors,
         placement=placement, refine_sweeps=sweeps if refine else 0, methods=methods, match=match,
-        n_images=n_images, live_fidelity=live_fidelity, latency=latency, slot=ranks_slot,
+        n_images=n_images, live_fidelity=live_fidelity, latency=latency, fit=fit, n_calibration=n_calibration,
+        slot=ranks_slot,
     )
     if sliders:
         selection = with_ranks(selection)

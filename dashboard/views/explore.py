@@ -15,6 +15,7 @@ import streamlit as st
 from dashboard.components import cards, diagram, figures, fmt, guards, resources, sidebar
 from dashboard.components.layer import header, layer_target
 from kcp.budget import largest_within
+from kcp.fit import FITS
 from kcp.latency import Timing
 from kcp.target import LayerTarget
 
@@ -73,6 +74,30 @@ def comparison(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTa
                f"parameters: the table shows the trade-off as it is.")
 
 
+def fit_contrast(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget, point: resources.Point,
+                 row: dict) -> None:
+    """The current point fitted both ways, side by side: what each fit does to kernel and output error."""
+    if target.calibration is None:
+        return
+    rows = []
+    for fit in FITS:
+        other = row if fit == point.fit else guards.attempt(
+            f"Fitting to {sidebar.FIT_LABELS[fit]}", resources.metrics, key,
+            sel.point(point.method, dict(point.ranks), fit), sel.live_fidelity, target, warn=True)
+        if other is not None:
+            rows.append({"fitted to": sidebar.FIT_LABELS[fit] + (" (shown above)" if fit == point.fit else ""),
+                         "kernel error": other["rel_error"], "output error": other["output_rel_error"],
+                         "top-1 agreement": other["top1_agreement"]})
+    st.markdown("**Fitted to the kernel or to the outputs**, same ranks and parameters:")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="fit_contrast", column_config={
+        "kernel error": st.column_config.NumberColumn(format="%.4f"),
+        "output error": st.column_config.NumberColumn(format="%.4f"),
+        "top-1 agreement": st.column_config.NumberColumn(format="percent"),
+    })
+    st.caption(f"Output error and top-1 on {target.images}; the output fit learns from "
+               f"{target.calibration_images}. A lower kernel error does not mean a better layer.")
+
+
 @st.fragment
 def live(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget) -> None:
     """The rank sliders, a decomposition at their ranks and its cards: moving a slider reruns only this."""
@@ -99,9 +124,9 @@ def live(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget) 
     stages = result.stages(target.in_hw, target.geometry, target.conv.bias is not None)
     shapes = [s.in_shape for s in stages] + [s.out_shape for s in stages]
     timing, dense, note = timings(sel, key, target, point, shapes)
-    cards.show(row, history=history, timing=timing, dense_timing=dense, n_images=_images(target),
-               latency_note=note)
+    cards.show(row, history=history, timing=timing, dense_timing=dense, images=target.images, latency_note=note)
     caption = st.empty()
+    fit_contrast(sel, key, target, point, row)
     st.plotly_chart(diagram.structure(stages, f"The factorised layer: {len(stages)} layers at "
                                               f"{fmt.ranks(result.ranks)}", figures.METHOD_COLORS[result.method]),
                     key="structure", config=figures.plot_config("structure"))
@@ -118,15 +143,21 @@ def live(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget) 
         help="Load it with kcp.export.load_layer(path): an nn.Module with this layer's stride, padding and bias.")
     if compare:
         comparison(sel, key, target, row, result.ranks)
-    notes = [cards.device_caption(timing)]
+    notes = [cards.device_caption(timing), _fitted(result.info, target)]
+    decided = cards.spread(row)
+    if decided:
+        notes.append(f"Top-1: {decided}.")
     if "refine_skipped" in result.info:
         notes.append(f"Refinement skipped: {result.info['refine_skipped']}.")
     notes.append(f"{UPDATED} {fmt.ranks(result.ranks)} in {time.perf_counter() - started:.2f} s.")
     caption.caption(" ".join(n for n in notes if n))
 
 
-def _images(target: LayerTarget) -> int | None:
-    return None if target.inputs is None else len(target.inputs)
+def _fitted(info: dict, target: LayerTarget) -> str:
+    if info.get("fit") == "outputs":
+        return (f"Fitted to the layer's outputs on {target.calibration_images} "
+                f"({fmt.count(info.get('calibration_patches'))} patches).")
+    return "Fitted to the kernel."
 
 
 def main() -> None:

@@ -150,7 +150,7 @@ def main() -> None:
     latency = sel.latency if with_latency else None
     config = SweepConfig(kt_ranks=tuple(sorted(kt_ranks)), cp_ranks=tuple(sorted(cp_ranks)), methods=sel.methods,
                          factors=sel.factors, placement=sel.placement, refine_sweeps=sel.refine_sweeps,
-                         match=sel.match, fidelity=fidelity, latency=latency)
+                         match=sel.match, fidelity=fidelity, latency=latency, fit=sel.fit)
     key_now = job_key(key, config)
     job = st.session_state.get(JOB)
     if job is not None and job["state"] == "running":
@@ -174,6 +174,9 @@ def main() -> None:
         st.stop()
     if not job["rows"]:
         st.stop()
+    st.caption(f"Every method fitted to **{sidebar.FIT_LABELS[sel.fit]}** (sidebar: *Fit to*)"
+               + (f", learned from {target.calibration_images}" if sel.fit == "outputs" else "")
+               + (f"; output error and top-1 on {target.images}." if target.images else "."))
     heatmaps(job["rows"], config, current)
     paretos(job["rows"])
     export(job)

@@ -159,10 +159,11 @@ def describe_images(loaded: LoadedModel, split: str = "evaluation", n: int | Non
     n = default_images(loaded, split) if n is None else n
     if spec.family == "digits":
         part = "training" if split == "calibration" else "held-out test"
-        return f"{split}: {n} labelled images of the scikit-learn digits {part} split"
+        return f"{n} labelled {split} images (the scikit-learn digits {part} split)"
     photos = min(n, len(SPLIT_PHOTOS[split]))
-    return (f"{split}: {n} crops and flips of {photos} scikit-image sample photos (unlabelled; "
-            f"none of them is in the {'evaluation' if split == 'calibration' else 'calibration'} set)")
+    other = "evaluation" if split == "calibration" else "calibration"
+    return (f"{n} {split} images (crops and flips of {photos} scikit-image sample photos, unlabelled, none of them "
+            f"in the {other} set)")
 
 
 def sample_images(loaded: LoadedModel, n: int | None = None,
