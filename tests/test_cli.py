@@ -72,11 +72,41 @@ def test_sweep_writes_csv_with_the_columns(tmp_path, capsys):
     (["sweep", "--model", "digits-cnn", "--layer", "conv4", "--kt", "1", "--cp", "1", "--latency", "--cuda-graph",
       "--out", "a.csv"], "CUDA-graph replay needs device 'cuda'"),
     (["frobnicate"], "invalid choice"),
+    (["decompose", "--model", "digits-cnn", "--layer", "conv4", "--kt", "1", "--cp", "1", "--fit", "weights"],
+     "argument --fit: invalid choice: 'weights'"),
+    (["decompose", "--model", "digits-cnn", "--layer", "conv4", "--kt", "1", "--cp", "1", "--fit", "outputs",
+      "--calibration", "0"], "--calibration: expected a positive integer, got 0"),
+    (["decompose", "--model", "digits-cnn", "--layer", "conv4", "--kt", "1", "--cp", "1", "--fit", "outputs",
+      "--calibration", "5000"], "digits-cnn has 1347 calibration images: ask for between 1 and 1347, not 5000"),
+    (["sweep", "--model", "digits-cnn", "--layer", "conv4", "--kt", "1", "--cp", "1", "--calibration", "8",
+      "--out", "a.csv"], "--calibration only applies with --fit outputs"),
+    (["sweep", "--model", "digits-cnn", "--layer", "conv4", "--kt", "1", "--cp", "1", "--images", "-3",
+      "--out", "a.csv"], "--images: expected a positive integer, got -3"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and err.startswith("python -m kcp: error:")
+
+
+def test_bare_kernels_cannot_be_fitted_to_outputs(tmp_path, capsys):
+    path = tmp_path / "bare.pt"
+    torch.save({"w": torch.randn(8, 8, 3, 3)}, path)
+    assert main(["decompose", "--model", str(path), "--layer", "w", "--kt", "1", "--cp", "1", "--fit", "outputs"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--fit outputs needs calibration images" in err
+
+
+def test_decompose_fitted_to_outputs_says_on_what(capsys):
+    args = ["decompose", "--model", "digits-cnn", "--layer", "conv3", "--kt", "1", "--cp", "2", "--fit", "outputs",
+            "--calibration", "64", "--images", "100", "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fit"] == "outputs" and report["calibration_images"] == 64
+    assert report["calibration"] == "64 labelled calibration images (the scikit-learn digits training split)"
+    assert report["images"] == "100 labelled evaluation images (the scikit-learn digits held-out test split)"
+    assert report["n_images"] == report["eval_images"] == 100 and len(report["objective"]) >= 1
+    assert report["top1_changed"] == round((1 - report["top1_agreement"]) * 100)
 
 
 def test_module_entry_point_in_a_real_process():

@@ -117,6 +117,7 @@ MODELS: dict[str, ModelSpec] = {
             weights_label="trained by python -m kcp.zoo.train_digits",
             categories=tuple(str(i) for i in range(10)),
             default_images=450,
+            default_calibration=512,  # of the 1347 training images: one forward batch, 32,768 patches at conv4
             notes="scikit-learn digits, 8x8 upsampled to 16x16; 3x3 convs 1-32-32-64-64",
         ),
         _cifar(20, "resnet20-12fca82f.th", 1_099_231, 0.9178),

@@ -67,8 +67,7 @@ def test_cached_rerun_is_identical_and_does_no_work(target, tmp_path, monkeypatc
     def boom(*args, **kwargs):
         raise AssertionError("a cached sweep decomposed again")
 
-    monkeypatch.setattr("kcp.sweep.kcp", boom)
-    monkeypatch.setattr("kcp.sweep.decompose", boom)
+    monkeypatch.setattr("kcp.sweep.decompose_point", boom)
     second = sweep(target, config, cache=cache)
     assert second.rows == first.rows
 
@@ -127,6 +126,8 @@ def test_latency_and_writing(target, tmp_path):
     (SweepConfig(kt_ranks=(1,), cp_ranks=(0,)), r"CP ranks \[0\] are outside"),
     (SweepConfig(kt_ranks=(1,), cp_ranks=(1,), methods=("kcp", "hosvd")), "unknown methods"),
     (SweepConfig(kt_ranks=(1,), cp_ranks=(1,), match="latency"), "match must be one of"),
+    (SweepConfig(kt_ranks=(1,), cp_ranks=(1,), fit="weights"), "unknown fit 'weights'"),
+    (SweepConfig(kt_ranks=(1,), cp_ranks=(1,), fit="outputs"), "has no calibration images"),
 ])
 def test_bad_configs(target, config, message):
     with pytest.raises(ValueError, match=message):
@@ -141,3 +142,30 @@ def test_real_network_fidelity_in_the_sweep(tmp_path):
     dense, point = rows
     assert dense["top1_agreement"] == 1.0 and dense["accuracy"] == pytest.approx(448 / 450, abs=1e-6)
     assert 0 <= point["top1_agreement"] <= 1 and point["accuracy"] is not None
+
+
+def calibrated(target: LayerTarget, seed: int) -> LayerTarget:
+    torch.manual_seed(seed)
+    return LayerTarget.from_conv(target.conv, (8, 8), name="toy", inputs=target.inputs,
+                                 calibration_inputs=torch.randn(6, 32, 8, 8).relu())
+
+
+def test_fit_column_and_one_cache_entry_per_fit_and_calibration(target, tmp_path):
+    cache = ResultCache(tmp_path)
+    base = dict(kt_ranks=(1,), cp_ranks=(1, 2), methods=("kcp", "svd"), fidelity=False)
+    first = calibrated(target, 1)
+    kernel = sweep(first, SweepConfig(**base), cache=cache).rows
+    entries = len(cache)
+    outputs = sweep(first, SweepConfig(**base, fit="outputs"), cache=cache).rows
+    assert [r["fit"] for r in kernel] == ["kernel"] * len(kernel)
+    assert [r["fit"] for r in outputs] == ["outputs"] * len(outputs)
+    assert all(r["calibration_images"] == 6 for r in outputs if r["method"] != "dense")
+    # Every fitted point is computed again (its own cache entries), never read from the kernel fit's.
+    assert len(cache) == 2 * entries - 2  # the dense decomposition and its row are shared
+    assert [r["rel_error"] for r in outputs[1:]] != [r["rel_error"] for r in kernel[1:]]
+    # Other calibration data is another fit: its own entries again; the same data is a cache hit.
+    sweep(calibrated(target, 2), SweepConfig(**base, fit="outputs"), cache=cache)
+    assert len(cache) == 3 * entries - 4
+    again = sweep(calibrated(target, 1), SweepConfig(**base, fit="outputs"), cache=cache).rows
+    assert len(cache) == 3 * entries - 4
+    assert [r["rel_error"] for r in again] == [r["rel_error"] for r in outputs]

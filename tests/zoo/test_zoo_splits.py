@@ -37,7 +37,7 @@ def test_digits_calibrate_on_train_and_evaluate_on_test(digits):
     ev, y_ev = sample_images(digits, None, "evaluation")
     assert torch.equal(cal, split.x_train) and torch.equal(y_cal, split.y_train)
     assert torch.equal(ev, split.x_test) and torch.equal(y_ev, split.y_test)
-    assert max_images(digits, "calibration") == len(split.x_train) == default_images(digits, "calibration")
+    assert max_images(digits, "calibration") == len(split.x_train) and default_images(digits, "calibration") == 512
     assert not rows(cal) & rows(ev)  # no image of one set is in the other
     assert "test split" in describe_images(digits) and "450 labelled" in describe_images(digits)
     assert "training split" in describe_images(digits, "calibration", 100)

@@ -1,0 +1,63 @@
+"""One number per point: the same decomposition of the same layer gives the same figures through the library,
+the CLI's JSON, a sweep row and its CSV, and the dashboard's cached resources, for both fits."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from dashboard.components import resources
+from kcp.cache import ResultCache
+from kcp.cli import main
+from kcp.decompose import AGREEMENT_TOL, decompose
+from kcp.evaluate import evaluate
+from kcp.fit import FITS
+from kcp.sweep import SweepConfig, sweep
+from kcp.target import LayerTarget
+from kcp.zoo import LoadedModel
+
+FIELDS = ("rel_error", "output_rel_error", "top1_agreement", "accuracy")
+
+
+def at(rows: list[dict], r: int, k: int) -> dict:
+    return next(row for row in rows if row["method"] == "kcp" and int(row["kt_rank"]) == r
+                and int(row["cp_rank"]) == k)
+
+
+def same(row: dict, reference: dict, tol: float = 1e-12) -> None:
+    for field in FIELDS:
+        assert float(row[field]) == pytest.approx(reference[field], abs=tol), field
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fit", FITS)
+def test_the_same_point_through_every_path(fit: str, digits: LoadedModel, conv4: LayerTarget, tmp_path, capsys):
+    weight = conv4.conv.weight.detach()
+    library = evaluate(conv4, decompose(weight, "kcp", kt_rank=2, cp_rank=4, **conv4.fit_options(fit)))
+    assert library["fit"] == fit
+
+    assert main(["decompose", "--model", "digits-cnn", "--layer", "conv4", "--kt", "2", "--cp", "4", "--fit", fit,
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    same(report, library)
+    assert report["fit"] == fit and report["images"] == conv4.images
+
+    config = SweepConfig(kt_ranks=(1, 2), cp_ranks=(2, 4), methods=("kcp",), fit=fit, warm_start=False)
+    cold = sweep(conv4, config, cache=ResultCache(tmp_path / "cold"))
+    same(at(cold.rows, 2, 4), library)
+    path = cold.write(tmp_path / "grid.csv")
+    written = at(list(csv.DictReader(path.open())), 2, 4)
+    same(written, library)
+    assert written["fit"] == fit
+    # Warm starts (each point from its neighbour) may only speed the fit up: the same figures within the
+    # library's stated tolerance.
+    warm = sweep(conv4, config.__class__(**{**config.__dict__, "warm_start": True}),
+                 cache=ResultCache(tmp_path / "warm"))
+    assert at(warm.rows, 2, 4)["warm_start"]
+    same(at(warm.rows, 2, 4), library, tol=AGREEMENT_TOL)
+
+    key, target = resources.target(digits, "conv4", None)
+    point = resources.Point.make("kcp", {"kt_rank": 2, "cp_rank": 4}, (8, 8, 8, 8), fit=fit)
+    same(resources.metrics(key, point, True, target), library)
