@@ -1,0 +1,85 @@
+"""Explore with "Fit to: outputs on real images": the live update per slider move on the small layer.
+
+    python bench/bench_fit_app.py [--out bench/results/fit_app_cpu.json]
+
+The app in ``streamlit.testing.v1.AppTest`` (the server side of a rerun, no browser) on the offline digits CNN's
+``conv4`` (64x64x3x3 at 8x8), fitted to its outputs on 512 calibration images: the KT and CP sliders move through
+the same 10 never-computed positions as ``bench_dashboard.py``; every move decomposes the point fitted to the
+outputs, and the side-by-side table fits it to the kernel too. Latency is off, so the figure is the fits and the
+evaluation. The same moves with "Fit to: the kernel" run first, in the same process, for the ratio. One torch
+thread. Prints a table and writes the figures, with the machine and its load, as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.bench_dashboard import APP, MOVES, cpu_name  # noqa: E402
+
+
+def moves(fit: str) -> dict:
+    """Median rerun time over MOVES with the sidebar's fit set to ``fit`` (caches cold for every point)."""
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.components.sidebar import widget_key
+
+    at = AppTest.from_file(str(APP), default_timeout=600)
+    at.run()
+    at.toggle(key=widget_key("lat_on")).set_value(False).run()
+    t = time.perf_counter()
+    at.radio(key=widget_key("fit")).set_value(fit).run()
+    switched = time.perf_counter() - t
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    times, inside = [], []
+    for which, value in MOVES:
+        slider = at.slider(key=widget_key("kt_rank" if which == "kt" else "cp_rank"))
+        t = time.perf_counter()
+        slider.set_value(value).run()
+        times.append(time.perf_counter() - t)
+        assert not at.exception, [e.value for e in at.exception]
+        note = next(c.value for c in at.caption if "View updated for" in c.value)
+        inside.append(float(note.rsplit(" in ", 1)[1].split(" s")[0]))
+    return {"switch_s": round(switched, 2), "rerun_s": [round(x, 3) for x in times],
+            "median_rerun_s": round(statistics.median(times), 3), "page_s": inside,
+            "median_page_s": round(statistics.median(inside), 3),
+            "last_cards": {m.label: m.value for m in at.metric}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "fit_app_cpu.json"))
+    args = parser.parse_args()
+    os.environ["KCP_CACHE_DIR"] = tempfile.mkdtemp(prefix="kcp-bench-fit-")
+    import torch
+
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()
+    report: dict = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                                "torch_threads": torch.get_num_threads()},
+                    "layer": "digits-cnn conv4 64x64x3x3 @8x8", "moves": [f"{w}={v}" for w, v in MOVES],
+                    "live": {fit: moves(fit) for fit in ("kernel", "outputs")}}
+    report["machine"]["loadavg_before_after"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
+    m = report["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} (1 thread); load average before/after "
+          f"{m['loadavg_before_after']}")
+    print(f"{'Fit to':<10} {'median rerun':>13} {'median page':>12}  per move (s)")
+    for fit, r in report["live"].items():
+        print(f"{fit:<10} {r['median_rerun_s']:>12.3f}s {r['median_page_s']:>11.3f}s  "
+              + " ".join(f"{x:.2f}" for x in r["rerun_s"]))
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
