@@ -6,9 +6,11 @@ import numpy as np
 import torch
 
 from kcp.decompose.als import cp_batch
+from kcp.decompose.moments import PatchMoments
 from kcp.decompose.numerics import cp_als, relative_error, rng_for
+from kcp.decompose.outputs import check_fit, finish
 from kcp.decompose.result import Decomposition, register_reconstructor
-from kcp.decompose.validate import check_kernel, check_positive, check_rank
+from kcp.decompose.validate import check_kernel, check_positive, check_rank, check_tol
 from kcp.kron import max_cp_rank_of
 
 KEYS = ("out", "in", "h", "w")
@@ -21,16 +23,21 @@ def cp(
     n_iter_max: int = 100,
     tol: float = 1e-7,
     random_state: int | np.random.Generator | None = 0,
+    fit: str = "kernel",
+    calibration: PatchMoments | None = None,
 ) -> Decomposition:
     """CP-ALS of the kernel at ``rank``: factors ``out`` (O x R), ``in`` (I x R), ``h`` (k_h x R), ``w`` (k_w x R).
 
     A 1x1 (or otherwise matrix-shaped) kernel gets its optimal truncated SVD; a true tensor goes to
-    TensorLy's CP-ALS, whose einsum path stays lean in memory on large kernels.
+    TensorLy's CP-ALS, whose einsum path stays lean in memory on large kernels. ``fit="outputs"`` refines
+    that start on the output error over ``calibration``.
     """
     w = check_kernel(weight)
     bound = max_cp_rank_of(tuple(w.shape))
-    check_rank("rank", rank, bound, f"an upper bound on the CP rank of a {tuple(w.shape)} kernel")
-    check_positive("n_iter_max", n_iter_max)
+    rank = check_rank("rank", rank, bound, f"an upper bound on the CP rank of a {tuple(w.shape)} kernel")
+    n_iter_max = check_positive("n_iter_max", n_iter_max)
+    tol = check_tol("tol", tol)
+    moments = check_fit(fit, calibration, tuple(w.shape))
     rng = rng_for(random_state)
     free = [m for m, d in enumerate(w.shape) if d > 1]
     if len(free) < 3:
@@ -45,6 +52,7 @@ def cp(
                            factors=dict(zip(KEYS, factors)), info={"iterations": n_iter_max})
     result.rel_error = relative_error(result.reconstruct(), w)
     result.history = [result.rel_error]
+    result = finish(result, w, moments)
     return result.to(weight.device, weight.dtype)
 
 

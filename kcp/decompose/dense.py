@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import torch
 
+from kcp.decompose.outputs import check_fit_name
 from kcp.decompose.result import Decomposition, register_reconstructor
 from kcp.decompose.validate import check_kernel
 
 
-def dense(weight: torch.Tensor) -> Decomposition:
-    """The kernel unchanged: one factor ``weight``, zero error."""
+def dense(weight: torch.Tensor, *, fit: str = "kernel", calibration: object = None) -> Decomposition:
+    """The kernel unchanged: one factor ``weight``, zero error.
+
+    ``fit`` and ``calibration`` are accepted (and ignored: the dense kernel is exact under both) so that callers
+    of :func:`kcp.decompose.decompose` need no special case.
+    """
     check_kernel(weight)
+    check_fit_name(fit)
     return Decomposition(method="dense", kernel_shape=tuple(weight.shape), ranks={},
-                         factors={"weight": weight.detach().clone()}, rel_error=0.0, history=[0.0])
+                         factors={"weight": weight.detach().clone()}, rel_error=0.0, history=[0.0],
+                         info={"fit": "kernel"})
 
 
 @register_reconstructor("dense")

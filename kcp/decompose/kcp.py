@@ -14,10 +14,12 @@ import torch
 
 from kcp.decompose.als import cp_batch, side_tensor
 from kcp.decompose.kt import kt_terms
+from kcp.decompose.moments import PatchMoments
 from kcp.decompose.numerics import randn, relative_error, rng_for
+from kcp.decompose.outputs import check_fit, finish
 from kcp.decompose.refine import JOINT_LIMIT, refine, residual
 from kcp.decompose.result import Decomposition, register_reconstructor
-from kcp.decompose.validate import check_kernel, check_positive, check_rank
+from kcp.decompose.validate import check_kernel, check_positive, check_rank, check_tol
 from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank, rearrange, unrearrange
 
 A_KEYS = ("a_out", "a_in", "a_h", "a_w")
@@ -70,6 +72,8 @@ def kcp(
     random_state: int | np.random.Generator | None = 0,
     init: Decomposition | None = None,
     callback: Callable[[int, float], None] | None = None,
+    fit: str = "kernel",
+    calibration: PatchMoments | None = None,
 ) -> Decomposition:
     """KCP decomposition of a conv kernel at KT rank ``kt_rank`` and CP rank ``cp_rank``.
 
@@ -78,16 +82,20 @@ def kcp(
     kernel window). ``refine_sweeps=0`` keeps the two-stage result; otherwise up to that many
     block-ALS sweeps run until one lowers the error by less than ``tol`` (relative). ``init`` is a
     KCP result of the same kernel and factor shape at ranks no larger than these (a warm start).
-    ``callback(sweep, rel_error)`` is called after every sweep. Deterministic for a given
-    ``random_state``.
+    ``callback(sweep, rel_error)`` is called after every sweep of the kernel fit (and ``callback(iteration,
+    objective)`` after every iteration of the output fit; it may raise to cancel). ``fit="outputs"`` then
+    refines the factors on the output error over ``calibration`` (:func:`kcp.decompose.outputs.refine_outputs`);
+    ``rel_error`` stays the kernel error. Deterministic for a given ``random_state``.
     """
     w = check_kernel(weight)
     shape = make_factor_shape(w.shape, factors, placement)
     where = f"for factor shape {shape}, {placement}"
-    check_rank("kt_rank", kt_rank, max_kt_rank(shape), f"the largest meaningful KT rank {where}")
-    check_rank("cp_rank", cp_rank, max_cp_rank(shape), f"the largest meaningful CP rank of a factor {where}")
-    if refine_sweeps != 0:
-        check_positive("refine_sweeps", refine_sweeps)
+    kt_rank = check_rank("kt_rank", kt_rank, max_kt_rank(shape), f"the largest meaningful KT rank {where}")
+    cp_rank = check_rank("cp_rank", cp_rank, max_cp_rank(shape), f"the largest meaningful CP rank of a factor {where}")
+    if not (isinstance(refine_sweeps, int) and not isinstance(refine_sweeps, bool) and refine_sweeps == 0):
+        refine_sweeps = check_positive("refine_sweeps", refine_sweeps)
+    tol = check_tol("tol", tol)
+    moments = check_fit(fit, calibration, tuple(w.shape))
     rng = rng_for(random_state)
     matrix = rearrange(w, shape)
 
@@ -119,6 +127,7 @@ def kcp(
         info=info,
     )
     result.rel_error = relative_error(result.reconstruct(), w)
+    result = finish(result, w, moments, callback)
     return result.to(weight.device, weight.dtype)
 
 

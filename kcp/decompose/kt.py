@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from kcp.decompose.moments import PatchMoments
 from kcp.decompose.numerics import relative_error
+from kcp.decompose.outputs import check_fit, finish
 from kcp.decompose.result import Decomposition, register_reconstructor
 from kcp.decompose.validate import check_kernel, check_rank
 from kcp.kron import FactorShape, make_factor_shape, max_kt_rank, rearrange, unrearrange
@@ -66,12 +68,20 @@ def kt(
     *,
     factors: tuple[int, int, int, int] | None = None,
     placement: str = "split",
+    fit: str = "kernel",
+    calibration: PatchMoments | None = None,
 ) -> Decomposition:
-    """KT only (GKPD): ``W ~ sum_r A_r (x) B_r``, optimal for the rank by Van Loan-Pitsianis."""
+    """KT only (GKPD): ``W ~ sum_r A_r (x) B_r``, optimal for the rank by Van Loan-Pitsianis.
+
+    ``fit="outputs"`` refines that start on the output error over ``calibration``
+    (:func:`kcp.decompose.outputs.refine_outputs`).
+    """
     w = check_kernel(weight)
     shape = make_factor_shape(w.shape, factors, placement)
     largest = max_kt_rank(shape)
-    check_rank("kt_rank", kt_rank, largest, f"the largest meaningful KT rank for factor shape {shape}, {placement}")
+    kt_rank = check_rank("kt_rank", kt_rank, largest,
+                         f"the largest meaningful KT rank for factor shape {shape}, {placement}")
+    moments = check_fit(fit, calibration, tuple(w.shape))
     a, b = kt_terms(rearrange(w, shape), kt_rank)
     result = Decomposition(
         method="kt",
@@ -82,6 +92,7 @@ def kt(
     )
     result.rel_error = relative_error(result.reconstruct(), w)
     result.history = [result.rel_error]
+    result = finish(result, w, moments)
     return result.to(weight.device, weight.dtype)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 from kcp.decompose.als import side_tensor, update_side
+from kcp.decompose.stopping import EXACT, WINDOW, window_change
 
 # Largest R*K for which the joint RK x RK solves run; past it they cost more than they are worth.
 JOINT_LIMIT = 1024
@@ -34,11 +35,15 @@ def refine(
     *,
     n_sweeps: int,
     tol: float,
+    window: int = WINDOW,
     callback: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Block-ALS sweeps over the eight factor blocks, in place; returns the relative error before and after each.
 
-    Stops after ``n_sweeps`` or when a sweep lowers the error by less than ``tol`` (relative).
+    Stops after ``n_sweeps``, when the error is zero to round-off, or when the last ``window`` sweeps together
+    lowered it by less than ``tol`` (relative): a window, so that a slow stretch of ALS (a "swamp") is not taken
+    for convergence. After each sweep an extrapolation along the sweep's step (Bro's line search) is tried and
+    kept only where it lowers the error, so the error still never rises.
     """
     a_shape = tuple(f.shape[1] for f in a_side)
     b_shape = tuple(f.shape[1] for f in b_side)
@@ -46,13 +51,28 @@ def refine(
     norm = float(matrix.norm()) or 1.0
     history = [float(residual(matrix, a_side, b_side).norm()) / norm]
     for sweep in range(n_sweeps):
+        before = [f.clone() for f in a_side + b_side]
         b_full = side_tensor(b_side)
         update_side(a_side, (b_full @ matrix.T).reshape(r, *a_shape), b_full @ b_full.T)
         a_full = side_tensor(a_side)
         update_side(b_side, (a_full @ matrix).reshape(r, *b_shape), a_full @ a_full.T)
-        history.append(float((matrix - a_full.T @ side_tensor(b_side)).norm()) / norm)
+        error = float((matrix - a_full.T @ side_tensor(b_side)).norm()) / norm
+        error = _extrapolate(matrix, a_side, b_side, before, (sweep + 1) ** (1 / 3), error, norm)
+        history.append(error)
         if callback is not None:
-            callback(sweep + 1, history[-1])
-        if history[-2] - history[-1] <= tol * history[-2] or history[-1] < 1e-13:
+            callback(sweep + 1, error)
+        if error < EXACT or window_change(history, window) <= tol:
             break
     return history
+
+
+def _extrapolate(matrix, a_side, b_side, before, step: float, error: float, norm: float) -> float:
+    """Try ``new + step * (new - before)`` for every factor; keep it (in place) if it lowers the error."""
+    n = len(a_side)
+    now = a_side + b_side
+    trial = [f + step * (f - old) for f, old in zip(now, before)]
+    trial_error = float(residual(matrix, trial[:n], trial[n:]).norm()) / norm
+    if trial_error < error:
+        a_side[:], b_side[:] = trial[:n], trial[n:]
+        return trial_error
+    return error

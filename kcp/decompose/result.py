@@ -25,6 +25,13 @@ def register_reconstructor(method: str):
     return wrap
 
 
+def _plain(value: Any) -> bool:
+    """A number, string or bool, or a list of numbers (such as the output fit's objective per iteration)."""
+    if isinstance(value, list):
+        return all(isinstance(v, (int, float)) for v in value)
+    return isinstance(value, (int, float, str, bool))
+
+
 @dataclass
 class Decomposition:
     """Factors of one conv kernel under one method, with what they cost and how well they fit.
@@ -97,7 +104,7 @@ class Decomposition:
                                                      fs.ka_h, fs.ka_w, fs.kb_h, fs.kb_w],
             "rel_error": self.rel_error,
             "history": list(self.history),
-            "info": {k: v for k, v in self.info.items() if isinstance(v, (int, float, str, bool))},
+            "info": {k: v for k, v in self.info.items() if _plain(v)},
         }
 
     @classmethod

@@ -4,30 +4,43 @@ from __future__ import annotations
 
 import torch
 
+from kcp.decompose.moments import PatchMoments
 from kcp.decompose.numerics import relative_error
 from kcp.decompose.numerics import tucker2 as tucker2_hooi
+from kcp.decompose.outputs import check_fit, finish
 from kcp.decompose.result import Decomposition, register_reconstructor
 from kcp.decompose.validate import check_kernel, check_positive, check_rank
 
 
-def tucker2(weight: torch.Tensor, in_rank: int, out_rank: int, *, n_iter_max: int = 20) -> Decomposition:
+def tucker2(
+    weight: torch.Tensor,
+    in_rank: int,
+    out_rank: int,
+    *,
+    n_iter_max: int = 20,
+    fit: str = "kernel",
+    calibration: PatchMoments | None = None,
+) -> Decomposition:
     """``W ~ core x_0 U_out x_1 U_in``.
 
-    Factors ``in`` (I x R_i), ``core`` (R_o x R_i x k_h x k_w) and ``out`` (O x R_o).
+    Factors ``in`` (I x R_i), ``core`` (R_o x R_i x k_h x k_w) and ``out`` (O x R_o). ``fit="outputs"``
+    refines the HOOI start on the output error over ``calibration``.
     """
     w = check_kernel(weight)
     out_c, in_c = w.shape[:2]
     window = w.shape[2] * w.shape[3]
-    check_rank("in_rank", in_rank, in_c, "at most C_in")
-    check_rank("out_rank", out_rank, min(out_c, in_rank * window), "at most C_out and in_rank * k_h * k_w")
+    in_rank = check_rank("in_rank", in_rank, in_c, "at most C_in")
+    out_rank = check_rank("out_rank", out_rank, min(out_c, in_rank * window), "at most C_out and in_rank * k_h * k_w")
     check_rank("in_rank", in_rank, min(in_c, out_rank * window), "at most C_in and out_rank * k_h * k_w")
-    check_positive("n_iter_max", n_iter_max)
+    n_iter_max = check_positive("n_iter_max", n_iter_max)
+    moments = check_fit(fit, calibration, tuple(w.shape))
     core, u_out, u_in = tucker2_hooi(w, out_rank, in_rank, n_iter_max=n_iter_max)
     ranks = {"in_rank": in_rank, "out_rank": out_rank}
     result = Decomposition(method="tucker2", kernel_shape=tuple(w.shape), ranks=ranks,
                            factors={"in": u_in, "core": core, "out": u_out})
     result.rel_error = relative_error(result.reconstruct(), w)
     result.history = [result.rel_error]
+    result = finish(result, w, moments)
     return result.to(weight.device, weight.dtype)
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
+import numpy as np
 import torch
 
 
@@ -25,16 +29,38 @@ def check_kernel(weight: torch.Tensor) -> torch.Tensor:
     return w
 
 
+def as_int(name: str, value: object) -> int:
+    """A Python int from an int, a numpy integer or a 0-d integer torch tensor; bools and floats are refused."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point() \
+            and not value.is_complex() and value.dtype != torch.bool:
+        return int(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
 def check_rank(name: str, value: object, largest: int, why: str) -> int:
     """An int rank in ``[1, largest]``; ``why`` says where the bound comes from."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = as_int(name, value)
     if not 1 <= value <= largest:
         raise ValueError(f"{name} must be between 1 and {largest} ({why}), got {value}")
     return value
 
 
 def check_positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """A positive int (numpy and torch integer scalars accepted)."""
+    try:
+        number = as_int(name, value)
+    except ValueError:
+        number = 0
+    if number < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return number
+
+
+def check_tol(name: str, value: object) -> float:
+    """A finite, non-negative tolerance as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 (0 runs to the sweep bound), got {value!r}")
+    return float(value)

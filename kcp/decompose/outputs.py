@@ -1,0 +1,244 @@
+"""Fitting a decomposition to what the layer does: the output objective over calibration inputs.
+
+With the calibration patches' second moment ``G`` (:mod:`kcp.decompose.moments`), the squared output error of
+a kernel estimate is ``tr((W - W_hat) G (W - W_hat)^T)``. SVD has a closed-form optimum (whitening, in
+:mod:`kcp.decompose.svd`); every other method starts from its kernel fit and refines this objective over all of
+its factors with L-BFGS (strong-Wolfe line search, so every accepted step lowers it; the best iterate is kept,
+so the recorded objective never rises). The gradient with respect to ``W_hat`` is ``-2 (W - W_hat) G`` in
+closed form, so each evaluation costs one C_out x D x D product plus a backward pass through the cheap
+reconstruction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+
+from kcp.decompose.moments import PatchMoments
+from kcp.decompose.result import Decomposition
+
+FITS = ("kernel", "outputs")
+# Ridge added to G relative to tr(G)/D: keeps the whitening and the fit well posed where the calibration
+# patches do not span every direction (few images, wide layers); small enough not to move the objective.
+RIDGE = 1e-6
+# L-BFGS bounds: at most OUTPUT_MAX_ITER iterations, stopping once the objective has improved by less than
+# OUTPUT_TOL (relative) over the last OUTPUT_WINDOW iterations (a window, so that a slow stretch is not
+# mistaken for convergence).
+OUTPUT_MAX_ITER = 300
+OUTPUT_TOL = 1e-4
+OUTPUT_WINDOW = 10
+# Work bound: iterations times C_out * D * D multiply-adds per evaluation stay under this, so a 256x256x3x3
+# layer gets fewer (but enough) iterations than a 64x64x3x3 one.
+OUTPUT_WORK = 6e10
+
+
+def check_fit_name(fit: object) -> str:
+    """``fit`` itself, when it is one of :data:`FITS`."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(repr(f) for f in FITS)}, got {fit!r}")
+    return fit
+
+
+def check_fit(fit: object, calibration: object, kernel_shape: tuple[int, ...]) -> PatchMoments | None:
+    """The calibration moments for ``fit="outputs"`` (None for ``"kernel"``), or a ValueError saying what to pass."""
+    if check_fit_name(fit) == "kernel":
+        return None
+    if not isinstance(calibration, PatchMoments):
+        raise ValueError(
+            "fit='outputs' needs calibration=PatchMoments of the layer's inputs "
+            f"(kcp.decompose.moments.patch_moments), got {type(calibration).__name__}"
+        )
+    calibration.check_kernel(kernel_shape)
+    return calibration
+
+
+class OutputObjective:
+    """``tr((W - W_hat) G (W - W_hat)^T) / tr(W G W^T)`` with the ridge-regularised ``G``: the squared relative
+    calibration output error (no bias: it cancels in the difference)."""
+
+    def __init__(self, weight: torch.Tensor, calibration: PatchMoments, ridge: float = RIDGE):
+        self.out_c = weight.shape[0]
+        self.gram = calibration.regularised(ridge)
+        self.weight = weight.reshape(self.out_c, -1).to(torch.float64)
+        self.weight_gram = self.weight @ self.gram
+        self.energy = float((self.weight_gram * self.weight).sum()) or 1.0
+
+    def value(self, approx: torch.Tensor) -> float:
+        delta = self.weight - approx.reshape(self.out_c, -1)
+        return float((delta * (delta @ self.gram)).sum().clamp_min(0.0)) / self.energy
+
+    def value_and_grad(self, approx: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The objective and its gradient with respect to ``approx`` (same shape as ``approx``)."""
+        flat = approx.reshape(self.out_c, -1)
+        residual = self.weight_gram - flat @ self.gram  # (W - W_hat) G
+        delta = self.weight - flat
+        value = float((delta * residual).sum().clamp_min(0.0)) / self.energy
+        return value, (-2.0 / self.energy * residual).reshape(approx.shape)
+
+
+def free_keys(result: Decomposition) -> list[str]:
+    """The factors that the refinement moves: all but KCP's size-one modes (which hold ones by convention)."""
+    return [k for k, v in result.factors.items() if not (result.method == "kcp" and v.shape[1] == 1)]
+
+
+def refine_outputs(
+    result: Decomposition,
+    weight: torch.Tensor,
+    calibration: PatchMoments,
+    *,
+    max_iter: int | None = None,
+    tol: float = OUTPUT_TOL,
+    window: int = OUTPUT_WINDOW,
+    callback: Callable[[int, float], None] | None = None,
+) -> Decomposition:
+    """``result`` (a float64 CPU kernel fit of ``weight``) refined on the output objective with L-BFGS.
+
+    Returns a new result whose ``info`` says what was fitted (``fit``, ``calibration_patches``,
+    ``calibration_inputs``), the relative calibration output error after the start and every iteration
+    (``objective``, never rising), ``iterations``, ``converged`` and ``final_change`` (relative improvement over
+    the last window). ``rel_error`` is left to the caller (it stays the kernel error).
+    """
+    w = weight.reshape(result.kernel_shape).to(torch.float64)
+    objective = OutputObjective(w, calibration)
+    if max_iter is None:
+        work = w.shape[0] * objective.gram.shape[0] ** 2
+        max_iter = max(2 * window, min(OUTPUT_MAX_ITER, int(OUTPUT_WORK / work)))
+    keys = free_keys(result)
+    shapes = [result.factors[k].shape for k in keys]
+    sizes = [math.prod(sh) for sh in shapes]
+
+    def unpack(flat: torch.Tensor) -> Decomposition:
+        parts = {k: p.reshape(sh) for k, p, sh in zip(keys, flat.split(sizes), shapes)}
+        return replace(result, factors={**result.factors, **parts})
+
+    def evaluate(flat: torch.Tensor) -> tuple[float, torch.Tensor]:
+        flat = flat.detach().requires_grad_(True)
+        approx = unpack(flat).reconstruct()
+        value, grad = objective.value_and_grad(approx.detach())
+        approx.backward(grad)
+        return value, flat.grad
+
+    x = torch.cat([result.factors[k].detach().to(torch.float64).reshape(-1) for k in keys])
+    history, x, converged, change = lbfgs(evaluate, x, max_iter=max_iter, tol=tol, window=window,
+                                          callback=callback)
+    best = unpack(x)
+    info = dict(result.info)
+    info.update({
+        "fit": "outputs", "calibration_patches": int(calibration.count),
+        "calibration_inputs": int(calibration.n_inputs),
+        "objective": [math.sqrt(v) for v in history], "iterations": len(history) - 1, "converged": bool(converged),
+        "final_change": float(change), "kernel_fit_error": result.rel_error,
+    })
+    return replace(best, factors={k: v.detach() for k, v in best.factors.items()}, info=info)
+
+
+def lbfgs(
+    evaluate: Callable[[torch.Tensor], tuple[float, torch.Tensor]],
+    x: torch.Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    window: int,
+    callback: Callable[[int, float], None] | None = None,
+    memory: int = 20,
+) -> tuple[list[float], torch.Tensor, bool, float]:
+    """Minimise ``evaluate(x) -> (f, grad)`` from ``x`` by L-BFGS with a backtracking (Armijo) line search.
+
+    Every accepted step lowers ``f``, so the returned values (the start, then one per iteration) never rise.
+    Stops after ``max_iter`` iterations, or once ``f`` fell by less than ``tol`` (relative) over the last
+    ``window`` iterations, or when no step along the search direction lowers it. Returns
+    ``(values, x_best, converged, final_change)``.
+    """
+    value, grad = evaluate(x)
+    values, change = [value], 0.0
+    steps: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+    converged = value == 0.0 or not bool(grad.any())
+    for it in range(max_iter):
+        if converged:
+            break
+        direction = _two_loop(grad, steps)
+        slope = float(grad @ direction)
+        if slope >= 0:  # not a descent direction (round-off in the curvature pairs): restart from the gradient
+            steps.clear()
+            direction, slope = -grad, -float(grad @ grad)
+        t = 1.0 if steps else min(1.0, 1.0 / float(grad.abs().sum()))
+        while True:
+            candidate = x + t * direction
+            new_value, new_grad = evaluate(candidate)
+            if math.isfinite(new_value) and new_value <= value + 1e-4 * t * slope:
+                break
+            t *= 0.5
+            if t < 1e-20:
+                new_value = math.inf
+                break
+        if not new_value < value:
+            converged = True  # no step along the direction lowers f: a stationary point to round-off
+            break
+        s, y = candidate - x, new_grad - grad
+        curvature = float(s @ y)
+        if curvature > 1e-12 * float(y @ y):
+            steps.append((s, y, 1.0 / curvature))
+            if len(steps) > memory:
+                steps.pop(0)
+        x, value, grad = candidate, new_value, new_grad
+        values.append(value)
+        if callback is not None:
+            callback(it + 1, math.sqrt(value))
+        if len(values) > window:
+            before = values[-1 - window]
+            change = (before - value) / before if before > 0 else 0.0
+            converged = change <= tol or value == 0.0
+    return values, x, converged, change
+
+
+def _two_loop(grad: torch.Tensor, steps: list[tuple[torch.Tensor, torch.Tensor, float]]) -> torch.Tensor:
+    """The L-BFGS search direction ``-H grad`` from the stored curvature pairs."""
+    q = grad.clone()
+    alphas = []
+    for s, y, rho in reversed(steps):
+        a = rho * float(s @ q)
+        q -= a * y
+        alphas.append(a)
+    if steps:
+        s, y, _ = steps[-1]
+        q *= float(s @ y) / float(y @ y)
+    for (s, y, rho), a in zip(steps, reversed(alphas)):
+        q += (a - rho * float(y @ q)) * s
+    return -q
+
+
+def finish(result: Decomposition, weight: torch.Tensor, calibration: PatchMoments | None,
+           callback: Callable[[int, float], None] | None = None) -> Decomposition:
+    """A kernel fit as it is (``info["fit"] = "kernel"``), or refined on the outputs when ``calibration`` is given;
+    either way with ``rel_error`` the kernel error."""
+    if calibration is None:
+        result.info.setdefault("fit", "kernel")
+        return result
+    refined = refine_outputs(result, weight, calibration, callback=callback)
+    refined.rel_error = relative_kernel_error(refined, weight)
+    return refined
+
+
+def relative_kernel_error(result: Decomposition, weight: torch.Tensor) -> float:
+    ref = float(weight.norm())
+    diff = float((result.reconstruct() - weight).norm())
+    if ref == 0.0:
+        return 0.0 if diff == 0.0 else float("inf")
+    return diff / ref
+
+
+def whitened_svd(weight: torch.Tensor, calibration: PatchMoments, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact output-optimal rank-``rank`` factors ``(left, right)``, ``W_hat = left @ right`` (O x r, r x D).
+
+    With ``G = L L^T``: ``||(W - W_hat) L||`` is minimised by the truncated SVD of ``W L``, mapped back by ``L^-1``.
+    """
+    chol = torch.linalg.cholesky(calibration.regularised(RIDGE))
+    w = weight.reshape(weight.shape[0], -1).to(torch.float64)
+    u, s, vh = torch.linalg.svd(w @ chol, full_matrices=False)
+    root = s[:rank].sqrt()
+    # right = diag(root) V^T L^-1, i.e. L^T right^T = V diag(root): one triangular solve.
+    right = torch.linalg.solve_triangular(chol.T, vh[:rank].T * root, upper=True).T
+    return u[:, :rank] * root, right
