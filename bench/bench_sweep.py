@@ -27,7 +27,8 @@ def main() -> None:
     with torch.no_grad():
         conv.weight.copy_(weight)
     target = LayerTarget.from_conv(conv, (14, 14), name="resnet18.layer3.0.conv2")
-    config = SweepConfig(kt_ranks=KT_RANKS, cp_ranks=CP_RANKS, methods=("kcp",), output_error=False, fidelity=False)
+    config = SweepConfig(kt_ranks=KT_RANKS, cp_ranks=CP_RANKS, methods=("kcp",), output_error=False, fidelity=False,
+                         warm_start=True)
     start = time.perf_counter()
     result = sweep(target, config, cache=None)
     total = time.perf_counter() - start

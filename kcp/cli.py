@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--channels-last", action="store_true")
     sw.add_argument("--cuda-graph", action="store_true", help="time CUDA-graph replay instead of eager calls")
     sw.add_argument("--no-fidelity", action="store_true", help="skip the network-level top-1 agreement")
-    sw.add_argument("--cold", action="store_true", help="no warm starts between grid points")
+    sw.add_argument("--warm-start", action="store_true",
+                    help="warm-start each KCP point from its neighbour (faster; values may then differ slightly "
+                         "from `decompose` of the same point)")
     sw.add_argument("--cache-dir", help="result cache folder (default $KCP_CACHE_DIR or ~/.cache/kcp-rank-explorer)")
     sw.add_argument("--no-cache", action="store_true")
     sw.add_argument("--out", required=True, help="output .csv or .json")
@@ -233,7 +235,7 @@ def _cmd_sweep(args) -> int:
     target = _target(args, loaded, fidelity=not args.no_fidelity)
     config = SweepConfig(kt_ranks=args.kt, cp_ranks=args.cp, methods=args.methods, factors=args.factors,
                          placement=args.placement, refine_sweeps=args.sweeps, seed=args.seed, match=args.match,
-                         warm_start=not args.cold, fidelity=not args.no_fidelity, latency=latency, fit=args.fit)
+                         warm_start=args.warm_start, fidelity=not args.no_fidelity, latency=latency, fit=args.fit)
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     result = sweep(target, config, cache=cache, progress=Progress())
     path = result.write(args.out)

@@ -11,17 +11,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kcp.decompose import Decomposition, decompose
+from kcp.decompose.outputs import FITS
 
 if TYPE_CHECKING:
     from kcp.target import LayerTarget
 
-# "kernel": minimise ||W - W_hat||; "outputs": minimise the layer's output error on calibration inputs.
-FITS = ("kernel", "outputs")
+# FITS: "kernel" minimises ||W - W_hat||, "outputs" the layer's output error on calibration inputs.
 DEFAULT_FIT = "kernel"
 
 
 def check_fit(fit: object) -> str:
-    """``fit`` if it is one of :data:`FITS`, else a ValueError that lists them."""
+    """``fit`` if it is one of the library's ``FITS``, else a ValueError that lists them."""
     if fit not in FITS:
         raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(FITS)} (the kernel itself, or the layer's "
                          f"outputs on calibration images)")

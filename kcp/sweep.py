@@ -1,6 +1,7 @@
 """Rank-grid sweeps of one layer: KCP over KT x CP ranks, the baselines at matching budgets, every metric.
 
-Neighbouring KCP points warm-start each other (along the CP ranks, then down the KT ranks), every
+Neighbouring KCP points can warm-start each other (``warm_start=True``: along the CP ranks, then down the
+KT ranks; off by default, so that a grid point shows the value that a single decomposition of it gives), every
 decomposition and every row of metrics is cached on disk as soon as it is done, and a sweep can be
 cancelled between (or inside) points: a rerun picks up where it stopped. ``SweepConfig.fit`` picks what every
 method is fitted to (the kernel, or the layer's outputs on the calibration images); the cache keeps the two
@@ -60,7 +61,9 @@ class SweepConfig:
     seed: int | None = None
     match: str = "params"
     fit: str = DEFAULT_FIT
-    warm_start: bool = True
+    # Off by default: a warm-started KCP fit can land on another local optimum than the cold fit that the CLI
+    # and the dashboard's Explore make of the same point, and a point must show one value everywhere.
+    warm_start: bool = False
     output_error: bool = True
     fidelity: bool = True
     latency: LatencySettings | None = None

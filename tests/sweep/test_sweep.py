@@ -101,7 +101,7 @@ def test_damaged_cache_entry_is_recomputed(target, tmp_path):
 
 
 def test_warm_start_matches_a_cold_start_closely(target, tmp_path):
-    config = SweepConfig(kt_ranks=(2,), cp_ranks=(2, 4), methods=("kcp",), fidelity=False)
+    config = SweepConfig(kt_ranks=(2,), cp_ranks=(2, 4), methods=("kcp",), fidelity=False, warm_start=True)
     warm = [r for r in sweep(target, config, cache=ResultCache(tmp_path)).rows if r["method"] == "kcp"][-1]
     cold = kcp(target.conv.weight, 2, 4)
     assert warm["warm_start"] and abs(warm["rel_error"] - cold.rel_error) < 0.02
