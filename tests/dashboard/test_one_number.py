@@ -44,7 +44,7 @@ def test_the_same_point_through_every_path(fit: str, digits: LoadedModel, conv4:
     same(report, library)
     assert report["fit"] == fit and report["images"] == conv4.images
 
-    config = SweepConfig(kt_ranks=(2,), cp_ranks=(2, 4), methods=("kcp",), fit=fit)
+    config = SweepConfig(kt_ranks=(2,), cp_ranks=(4,), methods=("kcp",), fit=fit)
     cold = sweep(conv4, config, cache=ResultCache(tmp_path))
     same(at(cold.rows, 2, 4), library)
     path = cold.write(tmp_path / "grid.csv")
