@@ -33,7 +33,7 @@ def rows(x: torch.Tensor) -> set[bytes]:
 
 def test_digits_calibrate_on_train_and_evaluate_on_test(digits):
     split = digits_split()
-    cal, y_cal = sample_images(digits, None, "calibration")
+    cal, y_cal = sample_images(digits, max_images(digits, "calibration"), "calibration")
     ev, y_ev = sample_images(digits, None, "evaluation")
     assert torch.equal(cal, split.x_train) and torch.equal(y_cal, split.y_train)
     assert torch.equal(ev, split.x_test) and torch.equal(y_ev, split.y_test)
@@ -67,11 +67,11 @@ def test_cifar_photo_split(cifar_home):
 
 
 def test_calibration_moments_are_those_of_the_calibration_activations(digits):
-    conv = digits.convs["conv4"]
-    moments = layer_moments(digits, "conv4", 700)  # two forward batches of the calibration images
-    acts = layer_inputs(digits, "conv4", 700, "calibration")
-    assert moments.n_inputs == 700 and moments.count == 700 * 8 * 8
-    assert [len(b) for b in layer_batches(digits, "conv4", 700, "calibration")] == [512, 188]
+    conv = digits.convs["conv3"]
+    moments = layer_moments(digits, "conv3", 600)  # two forward batches of the calibration images
+    acts = layer_inputs(digits, "conv3", 600, "calibration")
+    assert moments.n_inputs == 600 and moments.count == 600 * 8 * 8
+    assert [len(b) for b in layer_batches(digits, "conv3", 600, "calibration")] == [512, 88]
     approx = copy.deepcopy(conv)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -80,9 +80,9 @@ def test_calibration_moments_are_those_of_the_calibration_activations(digits):
     ran = output_error(conv, approx, acts)
     assert moments.relative_error(conv.weight.detach(), approx.weight.detach()) == pytest.approx(ran, rel=1e-6)
     # ... and not those of the evaluation images.
-    evaluated = output_error(conv, approx, layer_inputs(digits, "conv4"))
+    evaluated = output_error(conv, approx, layer_inputs(digits, "conv3"))
     assert abs(ran - evaluated) > 1e-6
-    assert layer_moments(digits, "conv4", 700) is moments  # computed once
+    assert layer_moments(digits, "conv3", 600) is moments  # computed once
 
 
 def test_target_keeps_the_two_sets_apart(digits):
