@@ -70,7 +70,9 @@ def show(row: Mapping[str, Any], *, history: list[float] | None = None, timing: 
           "‖y − ŷ‖_F / ‖y‖_F of the layer's outputs on real activations captured in the network, "
           f"{images or 'evaluation images'}. An output fit never sees these images.")
     top1, acc, dense_accuracy = row.get("top1_agreement"), row.get("accuracy"), row.get("dense_accuracy")
-    note = "network not run (see the sidebar)" if top1 is None else "network with this layer replaced"
+    changed, n = row.get("top1_changed"), row.get("eval_images")
+    note = "network not run (see the sidebar)" if top1 is None else (
+        f"{changed} of {n} images changed class" if changed is not None else "network with this layer replaced")
     if acc is not None:
         note = f"accuracy {fmt.percent(acc)}" + ("" if dense_accuracy is None else
                                                  f" (dense {fmt.percent(dense_accuracy)})")
