@@ -120,6 +120,8 @@ def held_out(points) -> tuple[list[dict], list[dict]]:
                 "objective_first_last": [obj[0], obj[-1]] if obj else None,
                 "t_kernel_s": t_kernel, "t_outputs_s": t_outputs, "split": how,
             })
+            print(f"  {model} {layer} R={r} K={k} {method} {rows[-1]['ranks']}: held-out {ev_kernel:.3f} -> "
+                  f"{ev_outputs:.3f} ({t_kernel:.2f} s, {t_outputs:.2f} s)", flush=True)
             if method in LONG:
                 long_fit, t_long = _timed(w, method, **ranks, **LONG[method])
                 gaps.append({"model": model, "layer": layer, "method": method,

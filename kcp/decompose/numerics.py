@@ -87,7 +87,9 @@ def cp_als(
         errors.append(float(error))
         return errors[-1] < EXACT or window_change(errors, window) <= tol
 
-    options = dict(n_iter_max=n_iter_max, tol=0, random_state=seed, normalize_factors=False, callback=stop)
+    # TensorLy's own rule (one iteration's decrease below its tol) is left only the case of no decrease at all;
+    # a positive tol is also what makes it compute the error that the callback receives.
+    options = dict(n_iter_max=n_iter_max, tol=1e-300, random_state=seed, normalize_factors=False, callback=stop)
     if tensor.numel() * rank <= _SMALL_WORK:
         with tl.backend_context("numpy", local_threadsafe=True):
             cp = parafac(tensor.numpy(), rank, init=CPTensor((np.ones(rank), [f.numpy() for f in init])), **options)
