@@ -58,6 +58,9 @@ def _check(args) -> None:
         raise ValueError("--save and --onnx take one network: give one --kt and one --cp value, or a budget")
     if args.finetune_steps < 0 or args.batch < 1 or args.lr <= 0 or args.calibration_images < 1:
         raise ValueError("--finetune-steps must be >= 0, --batch and --calibration-images >= 1, --lr > 0")
+    for kind in ("compression", "macs", "latency"):
+        if getattr(args, kind) is not None:
+            Budget(kind, getattr(args, kind))
     for flag, path in (("--save", args.save), ("--onnx", args.onnx)):
         if path and not Path(path).resolve().parent.is_dir():
             raise ValueError(f"{flag} {path}: its folder does not exist")

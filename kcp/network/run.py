@@ -124,11 +124,12 @@ class Session:
             key = self._point_key(r, k)
             hit = self.cache.get(key) if self.cache is not None else None
             if hit is None:
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 done = self.run(self.planner.uniform(r, k, should_stop=should_stop), should_stop=should_stop)
                 if done.finetune is not None and done.finetune.cancelled:
                     return reports, True
-                hit = {"report": {**done.report, "seconds": round(time.perf_counter() - started, 3)}}
+                hit = {"report": {**done.report, "seconds": round(time.perf_counter() - started, 3),
+                                  "cpu_seconds": round(time.process_time() - cpu, 3)}}
                 if self.cache is not None:
                     self.cache.put(key, hit)
             reports.append(hit["report"])
