@@ -1,4 +1,4 @@
-"""``python -m kcp``: list a model's conv layers, decompose one, or sweep a rank grid.
+"""``python -m kcp``: list a model's conv layers, decompose one, sweep a rank grid, or compress the whole network.
 
 Bad arguments and bad input exit with code 2 and one line on stderr that says what is wrong.
 """
@@ -19,6 +19,7 @@ from kcp.export import save_layer
 from kcp.fit import DEFAULT_FIT, FITS, decompose_point, point_options
 from kcp.latency import DTYPES, LatencySettings
 from kcp.metrics import counted_macs
+from kcp.network import command as network_command
 from kcp.sweep import BASELINES, SweepConfig, sweep
 from kcp.target import LayerTarget
 
@@ -121,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--cache-dir", help="result cache folder (default $KCP_CACHE_DIR or ~/.cache/kcp-rank-explorer)")
     sw.add_argument("--no-cache", action="store_true")
     sw.add_argument("--out", required=True, help="output .csv or .json")
+
+    net = sub.add_parser("network", help="compress the whole network under one budget (or a uniform rank grid)")
+    model_args(net)
+    network_command.add_arguments(net, _ints, _methods)
     return parser
 
 
@@ -243,7 +248,11 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
-COMMANDS = {"layers": _cmd_layers, "decompose": _cmd_decompose, "sweep": _cmd_sweep}
+def _cmd_network(args) -> int:
+    return network_command.run(args)
+
+
+COMMANDS = {"layers": _cmd_layers, "decompose": _cmd_decompose, "sweep": _cmd_sweep, "network": _cmd_network}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
