@@ -329,9 +329,9 @@ class _Layer:
     def error_row(self, point: _Point, message: str) -> dict[str, Any]:
         ranks = dict(point.ranks)
         row: dict[str, Any] = dict.fromkeys(COLUMNS)
-        row.update(model=self.target.model, layer=self.target.name, method=point.method, **ranks,
-                   rank=ranks.get("rank", ranks.get("kt_rank", ranks.get("out_rank"))), matched_to=point.matched_to,
-                   error=message)
+        row.update(ranks, model=self.target.model, layer=self.target.name, method=point.method,
+                   matched_to=point.matched_to, error=message)
+        row["rank"] = ranks.get("rank", ranks.get("kt_rank", ranks.get("out_rank")))
         return row
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,7 +53,8 @@ class LayerTarget:
         if loaded.model is None:
             return cls(loaded.name, layer, conv, ASSUMED_HW, loaded.weights_id, in_hw_assumed=True)
         inputs = zoo.layer_inputs(loaded, layer, n_images)
-        check = (lambda module: zoo.network_fidelity(loaded, layer, module, n_images)) if fidelity else None
+        # A partial, not a lambda: it pickles, so the target can travel to a sweep engine's workers.
+        check = functools.partial(zoo.network_fidelity, loaded, layer, n=n_images) if fidelity else None
         return cls(loaded.name, layer, conv, tuple(info.in_hw), loaded.weights_id, inputs, check)
 
     @property

@@ -8,6 +8,8 @@ in the row. Objects shared with tasks go to Ray's object store once (``ray.put``
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -39,8 +41,11 @@ class RayEngine(Engine):
         if self._owner:
             if address is not None:
                 ray.init(address=address, runtime_env={"py_modules": [kcp]}, log_to_driver=False)
-            else:
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+            else:  # workers on this machine import the driver's copy of kcp
+                here = str(Path(kcp.__file__).resolve().parents[1])
+                path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                         runtime_env={"env_vars": {"PYTHONPATH": path}})
         self._remote = ray.remote(max_retries=1, retry_exceptions=True)(_call)
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
 
