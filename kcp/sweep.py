@@ -437,7 +437,7 @@ class _Run:
             layer = self.layers[li]
             row = layer.rows[i]
             row.update(columns)
-            if self.cache is not None and saved[node.id] is None and layer.plan[i].method != "dense":
+            if self.cache is not None and saved[node.id] is None:
                 self.cache.put(self._timed_key(li, i), {"row": {k: v for k, v in row.items() if k != "matched_to"}})
             self._report(row)
             return row["latency_ms"]
