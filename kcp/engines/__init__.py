@@ -110,7 +110,10 @@ def make_engine(name: str | None, *, workers: int | None = None, threads: int = 
 
         return LocalEngine(workers=workers, threads=threads)
     if name == "ray":
-        from kcp.engines.ray import RayEngine
+        try:
+            from kcp.engines.ray import RayEngine
+        except ImportError as exc:
+            raise ValueError(f"engine 'ray' needs the ray package ({exc}): pip install 'ray>=2.9'") from None
 
         return RayEngine(address=address, cpus=workers, threads=threads)
     raise ValueError(f"unknown engine {name!r}: choose from {', '.join(ENGINES)}")

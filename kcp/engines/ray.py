@@ -40,7 +40,10 @@ class RayEngine(Engine):
         self._owner = not ray.is_initialized()
         if self._owner:
             if address is not None:
-                ray.init(address=address, runtime_env={"py_modules": [kcp]}, log_to_driver=False)
+                try:
+                    ray.init(address=address, runtime_env={"py_modules": [kcp]}, log_to_driver=False)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise ValueError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
             else:  # workers on this machine import the driver's copy of kcp
                 here = str(Path(kcp.__file__).resolve().parents[1])
                 path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
