@@ -14,13 +14,14 @@ from typing import Any, NoReturn
 
 from kcp import zoo
 from kcp.cache import ResultCache
+from kcp.engines import ENGINES, Engine, make_engine
 from kcp.evaluate import evaluate, module_for
 from kcp.export import save_layer
 from kcp.fit import DEFAULT_FIT, FITS, decompose_point, point_options
 from kcp.latency import DTYPES, LatencySettings
 from kcp.metrics import counted_macs
 from kcp.network import command as network_command
-from kcp.sweep import BASELINES, SweepConfig, sweep
+from kcp.sweep import BASELINES, SweepConfig, sweep_network
 from kcp.target import LayerTarget
 
 
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def layer_args(p: argparse.ArgumentParser) -> None:
         model_args(p)
-        p.add_argument("--layer", required=True, help="conv layer name (see `python -m kcp layers`)")
+        p.add_argument("--layer", required=True, help="conv layer name (see `python -m kcp layers`); for sweep also "
+                                                  "a comma-separated list, or 'all' (every conv KCP applies to)")
         p.add_argument("--factors", type=_factors, help="factor shape OA,OB,IA,IB (default: balanced pairs)")
         p.add_argument("--placement", choices=("split", "a-spatial"), default="split")
         p.add_argument("--sweeps", type=int, default=60, help="most refinement sweeps (default 60)")
@@ -122,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--cache-dir", help="result cache folder (default $KCP_CACHE_DIR or ~/.cache/kcp-rank-explorer)")
     sw.add_argument("--no-cache", action="store_true")
     sw.add_argument("--out", required=True, help="output .csv or .json")
+    sw.add_argument("--engine", choices=ENGINES, default="local",
+                    help="where points run: a local process pool (default) or a Ray cluster")
+    sw.add_argument("--workers", type=int, help="local worker processes, or CPUs of a local Ray instance "
+                                                "(default: cores // threads)")
+    sw.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    sw.add_argument("--ray-address", help="an existing Ray cluster, e.g. ray://head:10001 (default: a local instance)")
 
     net = sub.add_parser("network", help="compress the whole network under one budget (or a uniform rank grid)")
     model_args(net)
@@ -130,20 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Progress:
-    """A one-line progress bar on stderr."""
+    """A one-line progress bar on stderr; with a parallel engine, it names it and counts the points in flight."""
 
-    def __init__(self, width: int = 30) -> None:
-        self.width, self.start = width, time.perf_counter()
+    def __init__(self, width: int = 30, engine: Engine | None = None, layers: bool = False) -> None:
+        self.width, self.start, self.engine, self.layers = width, time.perf_counter(), engine, layers
+        self.last, self.timing = 0, False
 
     def __call__(self, done: int, total: int, row: dict[str, Any]) -> None:
+        self.timing, self.last = self.timing or done < self.last, done  # a second pass: the latency
         filled = self.width * done // max(total, 1)
         if row["method"] == "kcp":
             what = f"kcp R={row['kt_rank']} K={row['cp_rank']}"
         else:
             what = row["method"] + (f" rank {row['rank']}" if row.get("rank") else "")
+        if self.layers:
+            what = f"{row['layer']} {what}"
+        where = ""
+        if self.engine is not None and not self.engine.in_process:
+            where = "timing  " if self.timing else f"{self.engine.describe()}, {self.engine.in_flight} in flight  "
         stream = sys.stderr
         stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} "
-                          f"{time.perf_counter() - self.start:6.1f}s  {what:<24}")
+                     f"{time.perf_counter() - self.start:6.1f}s  {where}{what:<32}")
         if done == total:
             stream.write("\n")
         stream.flush()
@@ -181,10 +196,10 @@ _DECOMPOSE_FIELDS = ("model", "layer", "fit", "calibration_images", "factors", "
                      "seconds")
 
 
-def _target(args, loaded: zoo.LoadedModel, fidelity: bool = True) -> LayerTarget:
+def _target(args, loaded: zoo.LoadedModel, fidelity: bool = True, layer: str | None = None) -> LayerTarget:
     if args.calibration is not None and args.fit != "outputs":
         raise UsageError("--calibration only applies with --fit outputs")
-    target = LayerTarget.from_zoo(loaded, args.layer, n_images=args.images, fidelity=fidelity,
+    target = LayerTarget.from_zoo(loaded, layer or args.layer, n_images=args.images, fidelity=fidelity,
                                   calibration=args.calibration)
     if args.fit == "outputs" and target.calibration is None:
         raise UsageError(f"--fit outputs needs calibration images, and {loaded.name} has none (a bare state dict): "
@@ -237,15 +252,35 @@ def _cmd_sweep(args) -> int:
         latency = LatencySettings(device=args.device, dtype=args.dtype, batch=args.batch,
                                   channels_last=args.channels_last, cuda_graph=args.cuda_graph)
     loaded = _load(args)
-    target = _target(args, loaded, fidelity=not args.no_fidelity)
+    targets = [_target(args, loaded, fidelity=not args.no_fidelity, layer=name)
+               for name in _sweep_layers(loaded, args.layer)]
     config = SweepConfig(kt_ranks=args.kt, cp_ranks=args.cp, methods=args.methods, factors=args.factors,
                          placement=args.placement, refine_sweeps=args.sweeps, seed=args.seed, match=args.match,
                          warm_start=args.warm_start, fidelity=not args.no_fidelity, latency=latency, fit=args.fit)
     cache = None if args.no_cache else ResultCache(args.cache_dir)
-    result = sweep(target, config, cache=cache, progress=Progress())
+    with make_engine(args.engine, workers=args.workers, threads=args.threads, address=args.ray_address) as engine:
+        progress = Progress(engine=engine, layers=len(targets) > 1)
+        result = sweep_network(targets, config, cache=cache, progress=progress, engine=engine)
     path = result.write(args.out)
     print(f"{len(result.rows)} rows in {result.seconds:.1f} s -> {path}", file=sys.stderr)
     return 0
+
+
+def _sweep_layers(loaded: zoo.LoadedModel, text: str) -> list[str]:
+    """The layers that ``--layer`` names: one, a comma-separated list, or 'all' (every conv KCP applies to)."""
+    infos = zoo.conv_layers(loaded)
+    if text == "all":
+        names = [i.name for i in infos if i.kcp_ok]
+        if not names:
+            raise UsageError(f"{loaded.name} has no conv layer that KCP applies to (see `python -m kcp layers`)")
+        return names
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        zoo.get_conv(loaded, name)  # a clear error for an unknown layer
+        refusal = next((i.kcp_reason for i in infos if i.name == name and not i.kcp_ok), None)
+        if refusal and len(names) > 1:
+            raise UsageError(f"layer {name}: {refusal}")
+    return names
 
 
 def _cmd_network(args) -> int:

@@ -1,4 +1,4 @@
-"""Rank-grid sweeps of one layer: KCP over KT x CP ranks, the baselines at matching budgets, every metric.
+"""Rank-grid sweeps of one layer (or of many): KCP over KT x CP ranks, the baselines at matching budgets, every metric.
 
 Neighbouring KCP points can warm-start each other (``warm_start=True``: along the CP ranks, then down the
 KT ranks; off by default, so that a grid point shows the value that a single decomposition of it gives), every
@@ -6,6 +6,11 @@ decomposition and every row of metrics is cached on disk as soon as it is done, 
 cancelled between (or inside) points: a rerun picks up where it stopped. ``SweepConfig.fit`` picks what every
 method is fitted to (the kernel, or the layer's outputs on the calibration images); the cache keeps the two
 fits (and different calibration data) apart.
+
+Each point is one task of a graph (a KCP point waits for the point it warm-starts from) that an engine
+(``kcp.engines``: this process, a local process pool, a Ray cluster) runs; the driver alone reads and writes
+the cache, so every engine gives the same rows from the same cache. Engines that run tasks side by side time
+latency afterwards, one layer at a time (on the driver, or as one-GPU tasks on Ray), never next to a busy task.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from kcp.budget import BUDGET_KINDS, largest_within
 from kcp.cache import ResultCache, cache_key
 from kcp.costs import METHODS as ALL_METHODS
 from kcp.decompose import Decomposition
+from kcp.engines import Cancelled, Engine, Node, make_engine, run_graph
 from kcp.evaluate import evaluate
 from kcp.fit import DEFAULT_FIT, check_fit, decompose_point, point_options
 from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank
-from kcp.latency import LatencySettings, measure
+from kcp.latency import LatencySettings, Timing, measure
 from kcp.target import LayerTarget
 
 BASELINES = ("kt", "cp", "tucker2", "svd")
@@ -37,11 +43,11 @@ COLUMNS = (
     "factors", "placement",
     "params", "dense_params", "compression", "macs", "dense_macs", "rel_error", "output_rel_error",
     "top1_agreement", "top1_changed", "eval_images", "accuracy", "dense_accuracy", "latency_ms", "dense_latency_ms",
-    "device", "seconds", "sweeps", "converged", "warm_start", "matched_to",
+    "device", "seconds", "sweeps", "converged", "warm_start", "matched_to", "error",
 )
 
 
-class SweepCancelled(Exception):
+class SweepCancelled(Cancelled):
     """Raised inside a decomposition when the caller asked the sweep to stop."""
 
 
@@ -71,10 +77,10 @@ class SweepConfig:
 
     def check(self, shape: FactorShape) -> None:
         """Refuse ranks past the layer's largest meaningful ones, unknown methods and budgets."""
+        check_fit(self.fit)
         unknown = [m for m in self.methods if m not in ALL_METHODS or m == "dense"]
         if unknown or not self.methods:
             raise ValueError(f"unknown methods {unknown}: choose from {', '.join(('kcp', *BASELINES))}")
-        check_fit(self.fit)
         if self.match not in BUDGET_KINDS:
             raise ValueError(f"match must be one of {', '.join(BUDGET_KINDS)}, got {self.match!r}")
         if not self.kt_ranks or not self.cp_ranks:
@@ -150,19 +156,28 @@ class _Runner:
         if self.should_stop():
             raise SweepCancelled
 
+    def _options(self, method: str) -> dict[str, Any]:
+        c = self.config
+        return point_options(method, factors=self.shape.channels, placement=c.placement,
+                             refine_sweeps=c.refine_sweeps, tol=c.tol, seed=c.seed)
+
+    def decomposition_key(self, method: str, ranks: dict[str, int], init_key: str | None) -> str:
+        fit_key = self.fit_key if method != "dense" else {}
+        return cache_key(kind="decomposition", method=method, ranks=ranks, options=self._options(method),
+                         init=init_key, **fit_key, **self.base)
+
+    def metrics_key(self, decomposition_key: str) -> str:
+        return cache_key(kind="metrics", decomposition=decomposition_key, **self.metric_options)
+
     def decomposition(self, method: str, ranks: dict[str, int], init: tuple[str, Decomposition] | None):
         """The decomposition (from the cache when it is there), its key and its compute time."""
-        c = self.config
-        options = point_options(method, factors=self.shape.channels, placement=c.placement,
-                                refine_sweeps=c.refine_sweeps, tol=c.tol, seed=c.seed)
-        fit_key = self.fit_key if method != "dense" else {}
-        key = cache_key(kind="decomposition", method=method, ranks=ranks, options=options,
-                        init=init[0] if init else None, **fit_key, **self.base)
+        options = self._options(method)
+        key = self.decomposition_key(method, ranks, init[0] if init else None)
         hit = self._cached(key)
         if hit is not None:
             return key, Decomposition.from_state(hit["state"]), hit["seconds"]
         start = time.perf_counter()
-        fit = c.fit if method != "dense" else DEFAULT_FIT
+        fit = self.config.fit if method != "dense" else DEFAULT_FIT
         result = decompose_point(self.target, method, ranks, fit=fit, options=options,
                                  init=init[1] if init else None, callback=self._stop_hook)
         seconds = time.perf_counter() - start
@@ -171,7 +186,7 @@ class _Runner:
 
     def row(self, key: str, result: Decomposition, seconds: float, matched_to: str = "") -> dict[str, Any]:
         """Every metric of one decomposition (from the cache when it is there)."""
-        mkey = cache_key(kind="metrics", decomposition=key, **self.metric_options)
+        mkey = self.metrics_key(key)
         hit = self._cached(mkey)
         if hit is not None:
             return {**hit["row"], "matched_to": matched_to}
@@ -189,63 +204,280 @@ def sweep(
     cache: ResultCache | None = None,
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    engine: Engine | str | None = None,
 ) -> SweepResult:
-    """Run the sweep; ``progress(done, total, row)`` after every point, ``should_stop()`` polled to cancel."""
+    """Run the sweep; ``progress(done, total, row)`` after every point, ``should_stop()`` polled to cancel.
+
+    ``engine``: None runs every point in this process; 'local' or 'ray' (or an engine from
+    ``kcp.engines.make_engine``, which the caller closes) runs them in parallel, with the same rows.
+    """
+    return sweep_network([target], config, cache=cache, progress=progress, should_stop=should_stop, engine=engine)
+
+
+def sweep_network(
+    targets: Sequence[LayerTarget],
+    config: SweepConfig,
+    *,
+    cache: ResultCache | None = None,
+    progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    engine: Engine | str | None = None,
+) -> SweepResult:
+    """The same sweep over several layers (of one network) at once, all their points in one task graph.
+
+    Rows come layer by layer in the order of ``targets``, each layer's as :func:`sweep` gives them.
+    """
     started = time.perf_counter()
-    runner = _Runner(target, config, cache, should_stop)
-    config.check(runner.shape)
-    kt_ranks, cp_ranks = sorted(set(config.kt_ranks)), sorted(set(config.cp_ranks))
-    baselines = _baseline_plan(runner, kt_ranks, cp_ranks)
-    total = 1 + (len(kt_ranks) * len(cp_ranks) if "kcp" in config.methods else 0) + len(baselines)
-    rows: list[dict[str, Any]] = []
-    result = SweepResult(rows, config=_describe(config, runner.shape, target))
-
-    def done(row: dict[str, Any]) -> None:
-        rows.append(row)
-        if progress is not None:
-            progress(len(rows), total, row)
-
+    if not targets:
+        raise ValueError("give at least one layer to sweep")
+    own = engine is None or isinstance(engine, str)
+    runner_engine = make_engine(engine) if own else engine
     try:
-        done(_dense_row(runner))
+        layers = [_Layer(t, config, cache, runner_engine, should_stop, several=len(targets) > 1) for t in targets]
+        run = _Run(layers, runner_engine, cache, progress, should_stop)
+        cancelled = run.points()
+        if not cancelled and config.latency is not None and not runner_engine.in_process:
+            cancelled = run.timings()
+    finally:
+        if own:
+            runner_engine.close()
+    rows = [row for layer in layers for row in layer.ordered_rows()]
+    if len(layers) == 1:
+        described = _describe(config, layers[0].runner.shape, targets[0])
+    else:
+        described = asdict(replace(config, factors=None))
+        described["layers"] = [_describe(config, layer.runner.shape, layer.target) for layer in layers]
+    return SweepResult(rows, cancelled=cancelled, seconds=time.perf_counter() - started, config=described)
+
+
+@dataclass(frozen=True)
+class _Point:
+    """One row of a layer's sweep; ``after`` is the index of the point it warm-starts from."""
+
+    method: str
+    ranks: tuple[tuple[str, int], ...] = ()
+    matched_to: str = ""
+    after: int | None = None
+
+
+class _Entries:
+    """The cache as a task sees it: the entries the driver sent along, and the ones the task made."""
+
+    def __init__(self, entries: dict[str, dict]) -> None:
+        self.entries, self.writes = dict(entries), {}
+
+    def get(self, key: str) -> dict | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, value: dict) -> None:
+        self.entries[key] = self.writes[key] = value
+
+
+def _dense_timing(target: LayerTarget, latency: LatencySettings) -> Timing:
+    return measure(target.conv, (target.kernel_shape[1], *target.in_hw), latency)
+
+
+def _point_task(target: LayerTarget, config: SweepConfig, point: _Point, init: tuple[str, dict] | None,
+                entries: dict[str, dict], dense_latency_ms: float | None = None,
+                should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """One point's decomposition and metrics (a task, run by an engine), reading the cache only from ``entries``."""
+    runner = _Runner(target, config, _Entries(entries), should_stop)  # type: ignore[arg-type]
+    runner.dense_latency = dense_latency_ms
+    if point.method == "dense":
+        key, result, row = _dense_row(runner)
+    else:
+        warm = None if init is None else (init[0], Decomposition.from_state(init[1]))
+        key, result, seconds = runner.decomposition(point.method, dict(point.ranks), warm)
+        row = runner.row(key, result, seconds, point.matched_to)
+    return {"row": row, "key": key, "state": result.state(), "writes": runner.cache.writes}
+
+
+def _timing_task(target: LayerTarget, state: dict, latency: LatencySettings, channel_path: str,
+                 dense_latency_ms: float | None = None) -> dict[str, Any]:
+    """The latency columns of one decomposition (a task: it runs where nothing else competes for the device)."""
+    result = Decomposition.from_state(state)
+    if result.method == "dense":
+        timing = _dense_timing(target, latency)
+        return {"latency_ms": timing.median_ms, "dense_latency_ms": timing.median_ms, "device": timing.device_name}
+    row = evaluate(target, result, output_error=False, fidelity=False, latency=latency,
+                   dense_latency_ms=dense_latency_ms, channel_path=channel_path)
+    return {k: v for k, v in row.items() if "latency" in k or k == "device"}
+
+
+class _Layer:
+    """One layer's plan, its driver-side runner (keys and cache) and its rows as they come in."""
+
+    def __init__(self, target: LayerTarget, config: SweepConfig, cache: ResultCache | None, engine: Engine,
+                 should_stop: Callable[[], bool] | None, several: bool) -> None:
+        # An engine that runs points side by side leaves latency for afterwards: its tasks do not time.
+        task_config = config if engine.in_process else replace(config, latency=None)
+        self.target, self.config, self.task_config = target, config, task_config
+        self.runner = _Runner(target, task_config, cache, should_stop)
+        # Keys of the rows with latency (what an in-process sweep caches), where tasks do not time.
+        self.timed = self.runner if task_config is config else _Runner(target, config, None, None)
+        try:
+            config.check(self.runner.shape)
+        except ValueError as exc:
+            raise ValueError(f"layer {target.name}: {exc}" if several else str(exc)) from None
+        kt_ranks, cp_ranks = sorted(set(config.kt_ranks)), sorted(set(config.cp_ranks))
+        self.plan = [_Point("dense")]
         if "kcp" in config.methods:
-            _kcp_grid(runner, kt_ranks, cp_ranks, done)
-        for (method, ranks_items), matched in baselines.items():
-            if runner.should_stop():
-                raise SweepCancelled
-            key, res, secs = runner.decomposition(method, dict(ranks_items), None)
-            done(runner.row(key, res, secs, "; ".join(matched)))
-    except SweepCancelled:
-        result.cancelled = True
-    result.seconds = time.perf_counter() - started
-    return result
+            self.plan += _kcp_points(kt_ranks, cp_ranks, config.warm_start, start=len(self.plan))
+        self.plan += [_Point(m, ranks, "; ".join(matched))
+                      for (m, ranks), matched in _baseline_plan(self.runner, kt_ranks, cp_ranks).items()]
+        self.shared: Any = None
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.results: dict[int, tuple[str, dict]] = {}
+        self.dense_latency: float | None = None
+
+    def ordered_rows(self) -> list[dict[str, Any]]:
+        return [self.rows[i] for i in sorted(self.rows)]
+
+    def error_row(self, point: _Point, message: str) -> dict[str, Any]:
+        ranks = dict(point.ranks)
+        row: dict[str, Any] = dict.fromkeys(COLUMNS)
+        row.update(ranks, model=self.target.model, layer=self.target.name, method=point.method,
+                   matched_to=point.matched_to, error=message)
+        row["rank"] = ranks.get("rank", ranks.get("kt_rank", ranks.get("out_rank")))
+        return row
 
 
-def _dense_row(runner: _Runner) -> dict[str, Any]:
+def _kcp_points(kt_ranks: Sequence[int], cp_ranks: Sequence[int], warm_start: bool, start: int) -> list[_Point]:
+    """Row by row of KT rank: each point warm-starts from its left neighbour, a row's first from the one above."""
+    points: list[_Point] = []
+    above: int | None = None
+    for r in kt_ranks:
+        left: int | None = None
+        for k in cp_ranks:
+            after = (left if left is not None else above) if warm_start else None
+            points.append(_Point("kcp", (("kt_rank", r), ("cp_rank", k)), after=after))
+            left = start + len(points) - 1
+            if k == cp_ranks[0]:
+                above = left
+    return points
+
+
+class _Run:
+    """The driver: hands points to the engine, writes what comes back to the cache, reports progress."""
+
+    def __init__(self, layers: list[_Layer], engine: Engine, cache: ResultCache | None,
+                 progress: Callable[[int, int, dict[str, Any]], None] | None,
+                 should_stop: Callable[[], bool] | None) -> None:
+        self.layers, self.engine, self.cache = layers, engine, cache
+        self.progress, self.should_stop = progress, should_stop or (lambda: False)
+        self.done = 0
+        self.total = sum(len(layer.plan) for layer in layers)
+
+    def _report(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, row)
+
+    def points(self) -> bool:
+        """Every layer's points; True if stopped early."""
+        nodes = [Node((li, i), None if p.after is None else (li, p.after))
+                 for li, layer in enumerate(self.layers) for i, p in enumerate(layer.plan)]
+        return run_graph(self.engine, nodes, self._start, self._finish, self._fail, self.should_stop)
+
+    def _start(self, node: Node, before: tuple[str, dict] | None) -> tuple[str, Any]:
+        li, i = node.id
+        layer, point = self.layers[li], self.layers[li].plan[node.id[1]]
+        runner = layer.runner
+        init = before if point.after is not None else None
+        key = runner.decomposition_key(point.method, dict(point.ranks), init[0] if init else None)
+        mkey = runner.metrics_key(key)
+        entries = {k: v for k in (key, mkey) if self.cache is not None and (v := self.cache.get(k)) is not None}
+        fresh_timing = point.method == "dense" and layer.task_config.latency is not None
+        if len(entries) == 2 and not fresh_timing:
+            row = {**entries[mkey]["row"], "matched_to": point.matched_to}
+            return "value", {"row": row, "key": key, "state": entries[key]["state"], "writes": {}}
+        if layer.shared is None:
+            layer.shared = self.engine.share(layer.target)
+        kwargs = {"should_stop": self.should_stop} if self.engine.in_process else {}
+        args = (layer.shared, layer.task_config, point, init, entries, layer.dense_latency)
+        return "task", (_point_task, args, kwargs)
+
+    def _finish(self, node: Node, value: dict[str, Any]) -> tuple[str, dict]:
+        li, i = node.id
+        layer = self.layers[li]
+        if self.cache is not None:
+            for key, entry in value["writes"].items():
+                self.cache.put(key, entry)
+        layer.rows[i], layer.results[i] = {**value["row"], "error": None}, (value["key"], value["state"])
+        if layer.plan[i].method == "dense":
+            layer.dense_latency = value["row"].get("dense_latency_ms")
+        self._report(layer.rows[i])
+        return value["key"], value["state"]
+
+    def _fail(self, node: Node, message: str) -> None:
+        li, i = node.id
+        layer = self.layers[li]
+        layer.rows[i] = layer.error_row(layer.plan[i], message)
+        self._report(layer.rows[i])
+
+    def timings(self) -> bool:
+        """Latency of every point, after all of them are done: one at a time on the driver, or, on a GPU,
+        as tasks that each request one (where the engine has such tasks). True if stopped early."""
+        latency = self.layers[0].config.latency
+        on_gpu = latency is not None and latency.device.startswith("cuda") and self.engine.gpu_tasks
+        engine = self.engine if on_gpu else Engine()
+        nodes = []
+        for li, layer in enumerate(self.layers):
+            timed = [i for i in sorted(layer.results) if not layer.rows[i].get("error")]
+            dense = next((i for i in timed if layer.plan[i].method == "dense"), None)
+            nodes += [Node((li, i), None if i == dense or dense is None else (li, dense)) for i in timed]
+        saved = {(li, i): self._saved_timing(li, i) for li, i in (n.id for n in nodes)}
+        self.done, self.total = 0, len(nodes)
+
+        def start(node: Node, dense_ms: float | None) -> tuple[str, Any]:
+            li, i = node.id
+            layer = self.layers[li]
+            if saved[node.id] is not None:
+                return "value", saved[node.id]
+            if layer.shared is None or not on_gpu:
+                layer.shared = engine.share(layer.target) if on_gpu else layer.target
+            args = (layer.shared, layer.results[i][1], latency, layer.config.channel_path, dense_ms)
+            return "task", (_timing_task, args, {"gpu": True} if on_gpu else {})
+
+        def finish(node: Node, columns: dict[str, Any]) -> float | None:
+            li, i = node.id
+            layer = self.layers[li]
+            row = layer.rows[i]
+            row.update(columns)
+            if self.cache is not None and saved[node.id] is None:
+                self.cache.put(self._timed_key(li, i), {"row": {k: v for k, v in row.items() if k != "matched_to"}})
+            self._report(row)
+            return row["latency_ms"]
+
+        def fail(node: Node, message: str) -> None:
+            li, i = node.id
+            self.layers[li].rows[i]["error"] = f"latency: {message}"
+            self._report(self.layers[li].rows[i])
+
+        return run_graph(engine, nodes, start, finish, fail, self.should_stop)
+
+    def _timed_key(self, li: int, i: int) -> str:
+        layer = self.layers[li]
+        return layer.timed.metrics_key(layer.results[i][0])
+
+    def _saved_timing(self, li: int, i: int) -> dict[str, Any] | None:
+        """A point's latency columns from the cache (a row timed before); the dense layer's are always fresh."""
+        if self.cache is None or self.layers[li].plan[i].method == "dense":
+            return None
+        hit = self.cache.get(self._timed_key(li, i))
+        return None if hit is None else {k: v for k, v in hit["row"].items() if "latency" in k or k == "device"}
+
+
+def _dense_row(runner: _Runner) -> tuple[str, Decomposition, dict[str, Any]]:
     t, c = runner.target, runner.config
-    timing = None if c.latency is None else measure(t.conv, (t.kernel_shape[1], *t.in_hw), c.latency)
+    timing = None if c.latency is None else _dense_timing(t, c.latency)
     if timing is not None:
         runner.dense_latency = timing.median_ms
     key, res, secs = runner.decomposition("dense", {}, None)
     row = {**runner.row(key, res, secs), "fit": c.fit}  # the dense layer is the same under either fit
     if timing is not None:  # the dense layer's own figure is always fresh, never a cached one
         row.update(latency_ms=timing.median_ms, dense_latency_ms=timing.median_ms, device=timing.device_name)
-    return row
-
-
-def _kcp_grid(runner: _Runner, kt_ranks: Sequence[int], cp_ranks: Sequence[int], done) -> None:
-    """Row by row of KT rank: each point warm-starts from its left neighbour, a row's first from the one above."""
-    above: tuple[str, Decomposition] | None = None
-    for r in kt_ranks:
-        left: tuple[str, Decomposition] | None = None
-        for k in cp_ranks:
-            if runner.should_stop():
-                raise SweepCancelled
-            init = (left or above) if runner.config.warm_start else None
-            key, res, secs = runner.decomposition("kcp", {"kt_rank": r, "cp_rank": k}, init)
-            done(runner.row(key, res, secs))
-            left = (key, res)
-            if k == cp_ranks[0]:
-                above = (key, res)
+    return key, res, row
 
 
 def _baseline_plan(runner: _Runner, kt_ranks, cp_ranks) -> dict[tuple, list[str]]:

@@ -7,6 +7,7 @@ error and whose network pass gives top-1 agreement and accuracy. A fit never see
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections.abc import Callable
@@ -57,6 +58,14 @@ class LayerTarget:
     def __post_init__(self) -> None:
         check_conv(self.conv)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_lock"]  # a lock does not pickle; a copy sent to a worker gets its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, in_hw: tuple[int, int], *, name: str = "conv",
                   inputs: torch.Tensor | None = None,
@@ -67,7 +76,7 @@ class LayerTarget:
         calibration = None
         if calibration_inputs is not None:
             geometry, kernel_hw = ConvGeometry.from_conv(conv), tuple(conv.weight.shape[2:])
-            calibration = _once(lambda: patch_moments(calibration_inputs, kernel_hw, geometry))
+            calibration = functools.partial(_given, patch_moments(calibration_inputs, kernel_hw, geometry))
         return cls(model="(standalone)", name=name, conv=conv, in_hw=tuple(in_hw), weights_id=digest, inputs=inputs,
                    calibration=calibration,
                    images=None if inputs is None else f"{len(inputs)} given evaluation inputs",
@@ -95,9 +104,10 @@ class LayerTarget:
             raise zoo.ZooError(f"{loaded.name} has {top} calibration images: ask for between 1 and {top}, "
                                f"not {n_cal}")
         inputs = zoo.layer_inputs(loaded, layer, n_images, "evaluation")
-        check = (lambda module: zoo.network_fidelity(loaded, layer, module, n_images)) if fidelity else None
+        # Partials, not lambdas: they pickle, so the target can travel to a sweep engine's workers.
+        check = functools.partial(zoo.network_fidelity, loaded, layer, n=n_images) if fidelity else None
         return cls(loaded.name, layer, conv, tuple(info.in_hw), loaded.weights_id, inputs, check,
-                   calibration=lambda: zoo.layer_moments(loaded, layer, n_cal),
+                   calibration=functools.partial(zoo.layer_moments, loaded, layer, n_cal),
                    images=zoo.describe_images(loaded, "evaluation", len(inputs)),
                    calibration_images=zoo.describe_images(loaded, "calibration", n_cal))
 
@@ -138,14 +148,5 @@ class LayerTarget:
         return {"fit": "outputs", "calibration": self.moments()}
 
 
-def _once(compute: Callable[[], PatchMoments]) -> Callable[[], PatchMoments]:
-    """``compute`` run on the first call only (thread-safe), its value returned ever after."""
-    lock, box = threading.Lock(), []
-
-    def get() -> PatchMoments:
-        with lock:
-            if not box:
-                box.append(compute())
-            return box[0]
-
-    return get
+def _given(moments: PatchMoments) -> PatchMoments:
+    return moments
