@@ -405,6 +405,7 @@ class _Run:
                 self.cache.put(key, entry)
         layer.rows[i], layer.results[i] = {**value["row"], "error": None}, (value["key"], value["state"])
         if layer.plan[i].method == "dense":
+            layer.rows[i]["fit"] = layer.config.fit  # the dense layer (one cache entry) is the same under either fit
             layer.dense_latency = value["row"].get("dense_latency_ms")
         self._report(layer.rows[i])
         return value["key"], value["state"]
@@ -474,7 +475,7 @@ def _dense_row(runner: _Runner) -> tuple[str, Decomposition, dict[str, Any]]:
     if timing is not None:
         runner.dense_latency = timing.median_ms
     key, res, secs = runner.decomposition("dense", {}, None)
-    row = {**runner.row(key, res, secs), "fit": c.fit}  # the dense layer is the same under either fit
+    row = runner.row(key, res, secs)
     if timing is not None:  # the dense layer's own figure is always fresh, never a cached one
         row.update(latency_ms=timing.median_ms, dense_latency_ms=timing.median_ms, device=timing.device_name)
     return key, res, row
