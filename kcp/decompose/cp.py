@@ -10,6 +10,7 @@ from kcp.decompose.moments import PatchMoments
 from kcp.decompose.numerics import cp_als, relative_error, rng_for
 from kcp.decompose.outputs import check_fit, finish
 from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.stopping import convergence
 from kcp.decompose.validate import check_kernel, check_positive, check_rank, check_tol
 from kcp.kron import max_cp_rank_of
 
@@ -20,8 +21,8 @@ def cp(
     weight: torch.Tensor,
     rank: int,
     *,
-    n_iter_max: int = 100,
-    tol: float = 1e-7,
+    n_iter_max: int = 3000,
+    tol: float = 1e-5,
     random_state: int | np.random.Generator | None = 0,
     fit: str = "kernel",
     calibration: PatchMoments | None = None,
@@ -29,7 +30,9 @@ def cp(
     """CP-ALS of the kernel at ``rank``: factors ``out`` (O x R), ``in`` (I x R), ``h`` (k_h x R), ``w`` (k_w x R).
 
     A 1x1 (or otherwise matrix-shaped) kernel gets its optimal truncated SVD; a true tensor goes to
-    TensorLy's CP-ALS, whose einsum path stays lean in memory on large kernels. ``fit="outputs"`` refines
+    TensorLy's CP-ALS, whose einsum path stays lean in memory on large kernels, run until a window of iterations
+    (:data:`kcp.decompose.stopping.WINDOW`) together lowers the error by less than ``tol`` (relative) or
+    ``n_iter_max`` have run. ``fit="outputs"`` refines
     that start on the output error over ``calibration``.
     """
     w = check_kernel(weight)
@@ -40,16 +43,20 @@ def cp(
     moments = check_fit(fit, calibration, tuple(w.shape))
     rng = rng_for(random_state)
     free = [m for m, d in enumerate(w.shape) if d > 1]
-    if len(free) < 3:
+    info: dict = {"iterations": 0, "converged": True, "final_change": 0.0}
+    if not bool(w.any()):  # nothing to fit (and ALS's normal equations would be singular)
+        factors = [torch.zeros(n, rank, dtype=w.dtype) for n in w.shape]
+    elif len(free) < 3:
         factors = [f[0] for f in cp_batch(w.unsqueeze(0), rank, rng)]
     else:
-        found, _ = cp_als(w.reshape([w.shape[m] for m in free]), rank, n_iter_max=n_iter_max, tol=tol,
-                          random_state=rng)
+        found, errors = cp_als(w.reshape([w.shape[m] for m in free]), rank, n_iter_max=n_iter_max, tol=tol,
+                               random_state=rng)
         factors = [torch.ones(1, rank, dtype=w.dtype) for _ in range(4)]
         for m, f in zip(free, found):
             factors[m] = f
+        info = {"iterations": len(errors) - 1, **convergence(errors, tol)}
     result = Decomposition(method="cp", kernel_shape=tuple(w.shape), ranks={"rank": rank},
-                           factors=dict(zip(KEYS, factors)), info={"iterations": n_iter_max})
+                           factors=dict(zip(KEYS, factors)), info=info)
     result.rel_error = relative_error(result.reconstruct(), w)
     result.history = [result.rel_error]
     result = finish(result, w, moments)

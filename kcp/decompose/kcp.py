@@ -19,8 +19,15 @@ from kcp.decompose.numerics import randn, relative_error, rng_for
 from kcp.decompose.outputs import check_fit, finish
 from kcp.decompose.refine import JOINT_LIMIT, refine, residual
 from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.stopping import convergence
 from kcp.decompose.validate import check_kernel, check_positive, check_rank, check_tol
 from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank, rearrange, unrearrange
+
+# Defaults of the joint refinement: a bound on the sweeps large enough for ALS to cross slow stretches, and a
+# tolerance on the improvement over a window of sweeps (kcp.decompose.stopping) that ends it far earlier on most
+# kernels.
+REFINE_SWEEPS = 1000
+REFINE_TOL = 1e-5
 
 A_KEYS = ("a_out", "a_in", "a_h", "a_w")
 B_KEYS = ("b_out", "b_in", "b_h", "b_w")
@@ -67,8 +74,8 @@ def kcp(
     *,
     factors: tuple[int, int, int, int] | None = None,
     placement: str = "split",
-    refine_sweeps: int = 60,
-    tol: float = 1e-5,
+    refine_sweeps: int = REFINE_SWEEPS,
+    tol: float = REFINE_TOL,
     random_state: int | np.random.Generator | None = 0,
     init: Decomposition | None = None,
     callback: Callable[[int, float], None] | None = None,
@@ -80,8 +87,9 @@ def kcp(
     ``factors=(O_A, O_B, I_A, I_B)`` fixes the factor shape (default: balanced divisor pairs);
     ``placement`` is ``split`` (A takes k_h, B takes k_w) or ``a-spatial`` (A takes the whole
     kernel window). ``refine_sweeps=0`` keeps the two-stage result; otherwise up to that many
-    block-ALS sweeps run until one lowers the error by less than ``tol`` (relative). ``init`` is a
-    KCP result of the same kernel and factor shape at ranks no larger than these (a warm start).
+    block-ALS sweeps run until a window of sweeps together lowers the error by less than ``tol``
+    (relative; :mod:`kcp.decompose.stopping`). ``init`` is a KCP result of the same kernel and factor shape at
+    ranks no larger than these (a warm start).
     ``callback(sweep, rel_error)`` is called after every sweep of the kernel fit (and ``callback(iteration,
     objective)`` after every iteration of the output fit; it may raise to cancel). ``fit="outputs"`` then
     refines the factors on the output error over ``calibration`` (:func:`kcp.decompose.outputs.refine_outputs`);
@@ -108,10 +116,10 @@ def kcp(
     info: dict = {"seed": random_state if isinstance(random_state, int) else -1, "warm_start": warm}
     if refine_sweeps and kt_rank * cp_rank <= JOINT_LIMIT:
         history = refine(matrix, a_side, b_side, n_sweeps=refine_sweeps, tol=tol, callback=callback)
-        info["sweeps"] = len(history) - 1
+        info.update(sweeps=len(history) - 1, **convergence(history, tol))
     else:
         history = [float(residual(matrix, a_side, b_side).norm() / (matrix.norm() or 1.0))]
-        info["sweeps"] = 0
+        info.update(sweeps=0, converged=False, final_change=0.0)
         if refine_sweeps:
             info["refine_skipped"] = (
                 f"R*K = {kt_rank * cp_rank} is above {JOINT_LIMIT}: the joint RK x RK solves would cost more than "

@@ -13,6 +13,8 @@ import math
 import numpy as np
 import torch
 
+from kcp.decompose.stopping import EXACT, WINDOW, window_change
+
 # TensorLy's overhead per call dominates on small tensors, where its numpy backend is ~20x faster
 # than its pytorch one; on large ones the pytorch backend with the einsum MTTKRP (opt_einsum picks a
 # memory-lean order) is the one that neither crawls nor forms the Khatri-Rao product in full.
@@ -63,9 +65,15 @@ def cp_als(
     *,
     n_iter_max: int = 100,
     tol: float = 1e-8,
+    window: int = WINDOW,
     random_state: int | np.random.Generator | None = 0,
 ) -> tuple[list[torch.Tensor], list[float]]:
-    """CP-ALS (TensorLy ``parafac``) from :func:`cp_init`; returns factors (weights folded in) and errors."""
+    """CP-ALS (TensorLy ``parafac``) from :func:`cp_init`; returns factors (weights folded in) and the relative
+    error after the start and every iteration.
+
+    Stops after ``n_iter_max`` iterations, or once the last ``window`` iterations together lowered the error by
+    less than ``tol`` (relative; :mod:`kcp.decompose.stopping`), through TensorLy's callback.
+    """
     import tensorly as tl  # imported here so that running factorised modules (e.g. on a GPU box) needs no TensorLy
     from tensorly.cp_tensor import CPTensor
     from tensorly.decomposition import parafac
@@ -73,36 +81,45 @@ def cp_als(
     rng = rng_for(random_state)
     init = [f[0] for f in cp_init(tensor.unsqueeze(0), rank, rng)]
     seed = int(rng.integers(2**31 - 1))
-    options = dict(n_iter_max=n_iter_max, tol=tol, random_state=seed, return_errors=True, normalize_factors=False)
+    errors: list[float] = []
+
+    def stop(_cp, error) -> bool:
+        errors.append(float(error))
+        return errors[-1] < EXACT or window_change(errors, window) <= tol
+
+    # TensorLy's own rule (one iteration's decrease below its tol) is left only the case of no decrease at all;
+    # a positive tol is also what makes it compute the error that the callback receives.
+    options = dict(n_iter_max=n_iter_max, tol=1e-300, random_state=seed, normalize_factors=False, callback=stop)
     if tensor.numel() * rank <= _SMALL_WORK:
         with tl.backend_context("numpy", local_threadsafe=True):
-            cp, errors = parafac(tensor.numpy(), rank, init=CPTensor((np.ones(rank), [f.numpy() for f in init])),
-                                 **options)
+            cp = parafac(tensor.numpy(), rank, init=CPTensor((np.ones(rank), [f.numpy() for f in init])), **options)
         weights, factors = torch.from_numpy(np.asarray(cp[0])), [torch.from_numpy(np.array(f)) for f in cp[1]]
     else:
         with tl.backend_context("pytorch", local_threadsafe=True), \
                 tl.tenalg.backend_context("einsum", local_threadsafe=True):
-            cp, errors = parafac(tensor, rank, init=CPTensor((torch.ones(rank, dtype=tensor.dtype), init)), **options)
+            cp = parafac(tensor, rank, init=CPTensor((torch.ones(rank, dtype=tensor.dtype), init)), **options)
         weights, factors = cp[0], [f.clone() for f in cp[1]]
     factors[0] = factors[0] * weights
-    return factors, [float(e) for e in errors]
+    return factors, errors
 
 
 def tucker2(
-    tensor: torch.Tensor, out_rank: int, in_rank: int, *, n_iter_max: int = 20, tol: float = 1e-6
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tucker over the two channel modes (TensorLy ``partial_tucker``, HOOI from an SVD start).
+    tensor: torch.Tensor, out_rank: int, in_rank: int, *, n_iter_max: int = 100, tol: float = 1e-9
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
+    """Tucker over the two channel modes (TensorLy ``partial_tucker``, HOOI from an SVD start, which stops once an
+    iteration changes the relative error by less than ``tol``).
 
-    Returns ``(core, u_out, u_in)`` with ``W ~ core x_0 u_out x_1 u_in``.
+    Returns ``(core, u_out, u_in, errors)`` with ``W ~ core x_0 u_out x_1 u_in`` and the relative error after
+    every iteration.
     """
     import tensorly as tl
     from tensorly.decomposition import partial_tucker
 
     with tl.backend_context("pytorch", local_threadsafe=True):
-        (core, factors), _ = partial_tucker(
+        (core, factors), errors = partial_tucker(
             tensor, rank=[out_rank, in_rank], modes=[0, 1], n_iter_max=n_iter_max, init="svd", tol=tol,
         )
-    return core.clone(), factors[0].clone(), factors[1].clone()
+    return core.clone(), factors[0].clone(), factors[1].clone(), [float(e) for e in errors]
 
 
 def relative_error(approx: torch.Tensor, reference: torch.Tensor) -> float:

@@ -19,6 +19,7 @@ import torch
 
 from kcp.decompose.moments import PatchMoments
 from kcp.decompose.result import Decomposition
+from kcp.decompose.stopping import convergence, window_change
 
 FITS = ("kernel", "outputs")
 # Ridge added to G relative to tr(G)/D: keeps the whitening and the fit well posed where the calibration
@@ -27,12 +28,12 @@ RIDGE = 1e-6
 # L-BFGS bounds: at most OUTPUT_MAX_ITER iterations, stopping once the objective has improved by less than
 # OUTPUT_TOL (relative) over the last OUTPUT_WINDOW iterations (a window, so that a slow stretch is not
 # mistaken for convergence).
-OUTPUT_MAX_ITER = 300
-OUTPUT_TOL = 1e-4
+OUTPUT_MAX_ITER = 150
+OUTPUT_TOL = 1e-3
 OUTPUT_WINDOW = 10
 # Work bound: iterations times C_out * D * D multiply-adds per evaluation stay under this, so a 256x256x3x3
 # layer gets fewer (but enough) iterations than a 64x64x3x3 one.
-OUTPUT_WORK = 6e10
+OUTPUT_WORK = 5e10
 
 
 def check_fit_name(fit: object) -> str:
@@ -122,15 +123,18 @@ def refine_outputs(
         return value, flat.grad
 
     x = torch.cat([result.factors[k].detach().to(torch.float64).reshape(-1) for k in keys])
-    history, x, converged, change = lbfgs(evaluate, x, max_iter=max_iter, tol=tol, window=window,
+    history, x = lbfgs(evaluate, x, max_iter=max_iter, tol=tol, window=window,
                                           callback=callback)
     best = unpack(x)
     info = dict(result.info)
+    for key in ("iterations", "converged", "final_change"):  # the kernel fit's, kept apart from the output fit's own
+        if key in info:
+            info[f"kernel_{key}"] = info.pop(key)
     info.update({
         "fit": "outputs", "calibration_patches": int(calibration.count),
         "calibration_inputs": int(calibration.n_inputs),
-        "objective": [math.sqrt(v) for v in history], "iterations": len(history) - 1, "converged": bool(converged),
-        "final_change": float(change), "kernel_fit_error": result.rel_error,
+        "objective": [math.sqrt(v) for v in history], "iterations": len(history) - 1,
+        **convergence(history, tol, window), "kernel_fit_error": result.rel_error,
     })
     return replace(best, factors={k: v.detach() for k, v in best.factors.items()}, info=info)
 
@@ -144,16 +148,15 @@ def lbfgs(
     window: int,
     callback: Callable[[int, float], None] | None = None,
     memory: int = 20,
-) -> tuple[list[float], torch.Tensor, bool, float]:
+) -> tuple[list[float], torch.Tensor]:
     """Minimise ``evaluate(x) -> (f, grad)`` from ``x`` by L-BFGS with a backtracking (Armijo) line search.
 
     Every accepted step lowers ``f``, so the returned values (the start, then one per iteration) never rise.
     Stops after ``max_iter`` iterations, or once ``f`` fell by less than ``tol`` (relative) over the last
-    ``window`` iterations, or when no step along the search direction lowers it. Returns
-    ``(values, x_best, converged, final_change)``.
+    ``window`` iterations, or when no step along the search direction lowers it. Returns ``(values, x_best)``.
     """
     value, grad = evaluate(x)
-    values, change = [value], 0.0
+    values = [value]
     steps: list[tuple[torch.Tensor, torch.Tensor, float]] = []
     converged = value == 0.0 or not bool(grad.any())
     for it in range(max_iter):
@@ -187,11 +190,8 @@ def lbfgs(
         values.append(value)
         if callback is not None:
             callback(it + 1, math.sqrt(value))
-        if len(values) > window:
-            before = values[-1 - window]
-            change = (before - value) / before if before > 0 else 0.0
-            converged = change <= tol or value == 0.0
-    return values, x, converged, change
+        converged = value == 0.0 or window_change(values, window) <= tol
+    return values, x
 
 
 def _two_loop(grad: torch.Tensor, steps: list[tuple[torch.Tensor, torch.Tensor, float]]) -> torch.Tensor:

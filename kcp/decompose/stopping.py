@@ -19,3 +19,13 @@ def window_change(history: list[float], window: int = WINDOW) -> float:
         return float("inf")
     before = history[-1 - window]
     return (before - history[-1]) / before if before > 0 else 0.0
+
+
+def convergence(history: list[float], tol: float, window: int = WINDOW) -> dict:
+    """``converged`` (an exact fit, or the window rule met) and ``final_change`` (the relative improvement over the
+    last ``window`` steps, or over all of them when fewer ran), as results report them."""
+    span = min(window, len(history) - 1)
+    before = history[-1 - span] if span > 0 else history[-1]
+    change = (before - history[-1]) / before if before > 0 else 0.0
+    met = len(history) > window and change <= tol
+    return {"converged": bool(history[-1] < EXACT or met), "final_change": float(change)}

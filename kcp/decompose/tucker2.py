@@ -17,7 +17,7 @@ def tucker2(
     in_rank: int,
     out_rank: int,
     *,
-    n_iter_max: int = 20,
+    n_iter_max: int = 100,
     fit: str = "kernel",
     calibration: PatchMoments | None = None,
 ) -> Decomposition:
@@ -34,10 +34,17 @@ def tucker2(
     check_rank("in_rank", in_rank, min(in_c, out_rank * window), "at most C_in and out_rank * k_h * k_w")
     n_iter_max = check_positive("n_iter_max", n_iter_max)
     moments = check_fit(fit, calibration, tuple(w.shape))
-    core, u_out, u_in = tucker2_hooi(w, out_rank, in_rank, n_iter_max=n_iter_max)
+    if bool(w.any()):
+        core, u_out, u_in, errors = tucker2_hooi(w, out_rank, in_rank, n_iter_max=n_iter_max)
+    else:  # nothing to fit: any orthonormal bases, a zero core
+        core = torch.zeros(out_rank, in_rank, *w.shape[2:], dtype=w.dtype)
+        u_out, u_in, errors = torch.eye(out_c, out_rank, dtype=w.dtype), torch.eye(in_c, in_rank, dtype=w.dtype), [0.0]
     ranks = {"in_rank": in_rank, "out_rank": out_rank}
     result = Decomposition(method="tucker2", kernel_shape=tuple(w.shape), ranks=ranks,
-                           factors={"in": u_in, "core": core, "out": u_out})
+                           factors={"in": u_in, "core": core, "out": u_out},
+                           info={"iterations": len(errors), "converged": len(errors) < n_iter_max,
+                                 "final_change": abs(errors[-2] - errors[-1]) / errors[-2] if len(errors) > 1
+                                 and errors[-2] > 0 else 0.0})
     result.rel_error = relative_error(result.reconstruct(), w)
     result.history = [result.rel_error]
     result = finish(result, w, moments)

@@ -1,0 +1,199 @@
+"""Fitting to outputs against fitting the kernel, held out; convergence of the kernel fits; fit times.
+
+    python bench/bench_fit.py            # prints tables, writes bench/results/fit_cpu.json
+    python bench/bench_fit.py --quick    # the four points of issue 9 only, fewer convergence rows
+
+Held-out output error: the patch moments of the images that reach a layer are split into a calibration set (the
+fit sees only it) and a disjoint evaluation set (the error is measured only on it). digits-cnn: calibration on
+the training split, evaluation on the test split (kcp.zoo.digits). CIFAR ResNets: the 96 photo views, the first
+half for calibration and the second half for evaluation. Every method runs at KCP's parameter count (the
+baselines at their largest rank within it), with fit="kernel" and fit="outputs".
+
+Goals (issue 9): KCP's held-out ratio outputs/kernel <= 0.75 on the four points of the issue; every baseline lower
+than its own kernel fit; default kernel fits within 0.005 of a long converged run; a 64x64x3x3 layer fits to
+outputs in < 1 s and a 256x256x3x3 one in < 5 s (one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from _common import SHARED_WEIGHTS, machine, resnet18_layer3_0_conv2, table, write
+
+from kcp import zoo
+from kcp.budget import largest_within
+from kcp.decompose import decompose, kcp
+from kcp.decompose.moments import PatchMoments, patch_moments
+from kcp.geometry import ConvGeometry
+
+POINTS = [  # (model, layer, R, K, in the issue's table)
+    ("digits-cnn", "conv4", 16, 8, True),
+    ("cifar-resnet56", "layer3.5.conv1", 4, 8, True),
+    ("cifar-resnet56", "layer3.5.conv1", 16, 8, True),
+    ("cifar-resnet56", "layer2.4.conv2", 8, 4, True),
+    ("cifar-resnet20", "layer3.2.conv2", 4, 4, False),
+    ("digits-cnn", "conv3", 4, 4, False),
+]
+BASELINES = ("kt", "cp", "tucker2", "svd")
+CIFAR_FILES = {"cifar-resnet20": "resnet20-12fca82f.th", "cifar-resnet56": "resnet56-4bfd9763.th"}
+LONG = {  # a long run with a tolerance 10^4 times tighter: the converged reference of each iterative kernel fit
+    "kcp": {"refine_sweeps": 3000, "tol": 1e-9},
+    "cp": {"n_iter_max": 5000, "tol": 1e-9},
+    "tucker2": {"n_iter_max": 500},
+}
+
+
+def _inputs(loaded: zoo.LoadedModel, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """What reaches ``layer`` when the network runs on ``x``."""
+    conv = zoo.get_conv(loaded, layer)
+    seen: list[torch.Tensor] = []
+    handle = conv.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            for batch in x.split(256):
+                loaded.model(batch)
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+def layer_split(model: str, layer: str) -> tuple[torch.Tensor, torch.Tensor | None, PatchMoments, PatchMoments, str]:
+    """Kernel, bias, calibration and evaluation moments of one layer, and how the images were split."""
+    if model == "digits-cnn":
+        from kcp.zoo.digits import digits_split
+
+        loaded = zoo.load_model(model)
+        split = digits_split()
+        cal_x, ev_x, how = _inputs(loaded, layer, split.x_train), _inputs(loaded, layer, split.x_test), \
+            f"training split ({len(split.x_train)}) / test split ({len(split.x_test)})"
+    else:
+        loaded = zoo.load_model(str(SHARED_WEIGHTS / CIFAR_FILES[model]), arch=model)
+        n = zoo.max_images(loaded)
+        x = zoo.layer_inputs(loaded, layer, n)
+        cal_x, ev_x, how = x[: n // 2], x[n // 2:], f"views 1-{n // 2} / views {n // 2 + 1}-{n}"
+    conv = zoo.get_conv(loaded, layer)
+    geometry = ConvGeometry.from_conv(conv)
+    bias = None if conv.bias is None else conv.bias.detach().double()
+    return (conv.weight.detach().double(), bias, patch_moments(cal_x, conv.kernel_size, geometry),
+            patch_moments(ev_x, conv.kernel_size, geometry), how)
+
+
+def _timed(weight, method, **kw):
+    start = time.perf_counter()
+    result = decompose(weight, method, **kw)
+    return result, time.perf_counter() - start
+
+
+def held_out(points) -> tuple[list[dict], list[dict]]:
+    """Held-out output error of every method under both fits, and the default-vs-long convergence gap."""
+    rows, gaps = [], []
+    for model, layer, r, k, in_issue in points:
+        try:
+            w, bias, cal, ev, how = layer_split(model, layer)
+        except (zoo.ZooError, FileNotFoundError) as exc:
+            print(f"(skipping {model} {layer}: {exc})")
+            continue
+        ref = kcp(w, r, k)
+        budget = ref.params()
+        plan = [("kcp", {"kt_rank": r, "cp_rank": k})]
+        for method in BASELINES:
+            ranks = largest_within(method, tuple(w.shape), budget, factor_shape=ref.factor_shape)
+            if ranks is not None:
+                plan.append((method, ranks))
+        for method, ranks in plan:
+            kernel_fit, t_kernel = _timed(w, method, **ranks)
+            output_fit, t_outputs = _timed(w, method, **ranks, fit="outputs", calibration=cal)
+            ev_kernel = ev.relative_error(w, kernel_fit.reconstruct(), bias)
+            ev_outputs = ev.relative_error(w, output_fit.reconstruct(), bias)
+            obj = output_fit.info.get("objective", [])
+            rows.append({
+                "model": model, "layer": layer, "R": r, "K": k, "in_issue": in_issue, "method": method,
+                "ranks": ",".join(f"{v}" for v in ranks.values()), "params": kernel_fit.params(),
+                "heldout_kernel_fit": ev_kernel, "heldout_output_fit": ev_outputs, "ratio": ev_outputs / ev_kernel,
+                "cal_kernel_fit": cal.relative_error(w, kernel_fit.reconstruct()),
+                "cal_output_fit": cal.relative_error(w, output_fit.reconstruct()),
+                "kernel_err_kernel_fit": kernel_fit.rel_error, "kernel_err_output_fit": output_fit.rel_error,
+                "iterations": output_fit.info.get("iterations", 0), "converged": output_fit.info.get("converged"),
+                "objective_first_last": [obj[0], obj[-1]] if obj else None,
+                "t_kernel_s": t_kernel, "t_outputs_s": t_outputs, "split": how,
+            })
+            print(f"  {model} {layer} R={r} K={k} {method} {rows[-1]['ranks']}: held-out {ev_kernel:.3f} -> "
+                  f"{ev_outputs:.3f} ({t_kernel:.2f} s, {t_outputs:.2f} s)", flush=True)
+            if method in LONG:
+                long_fit, t_long = _timed(w, method, **ranks, **LONG[method])
+                gaps.append({"model": model, "layer": layer, "method": method,
+                             "ranks": rows[-1]["ranks"], "default": kernel_fit.rel_error, "long": long_fit.rel_error,
+                             "gap": kernel_fit.rel_error - long_fit.rel_error, "t_default_s": t_kernel,
+                             "t_long_s": t_long, "steps_default": _steps(kernel_fit), "steps_long": _steps(long_fit)})
+    return rows, gaps
+
+
+def _steps(result) -> int:
+    return int(result.info.get("sweeps", result.info.get("iterations", 0)))
+
+
+def _median_time(*args, repeats: int = 3, **kwargs) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        decompose(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def speed() -> list[dict]:
+    """Fit times: the output fit of a 64x64 and a 256x256 layer, and the default KCP kernel fit."""
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    w256, source = resnet18_layer3_0_conv2()
+    w256 = w256.double()
+    # No ImageNet activations offline: inputs are ReLUs of channel-correlated Gaussians (a stand-in, said so).
+    mix = torch.randn(256, 256, generator=gen, dtype=torch.float64) / 16
+    x256 = torch.relu(torch.einsum("dc,nchw->ndhw", mix, torch.randn(32, 256, 14, 14, generator=gen,
+                                                                      dtype=torch.float64)))
+    cal256 = patch_moments(x256, (3, 3), ConvGeometry.make(padding=1))
+    cases = [("256x256x3x3 KCP R=2 K=8, kernel fit", w256, "kcp", {"kt_rank": 2, "cp_rank": 8}, None, 0.5),
+             ("256x256x3x3 KCP R=2 K=8, output fit", w256, "kcp", {"kt_rank": 2, "cp_rank": 8}, cal256, 5.0),
+             ("256x256x3x3 CP rank 2 (same params), output fit", w256, "cp", {"rank": 2}, cal256, 5.0)]
+    try:
+        w64, _bias, cal64, _ev, _how = layer_split("cifar-resnet56", "layer3.5.conv1")
+        cases += [("64x64x3x3 KCP R=2 K=4, kernel fit", w64, "kcp", {"kt_rank": 2, "cp_rank": 4}, None, 0.2),
+                  ("64x64x3x3 KCP R=4 K=8, output fit", w64, "kcp", {"kt_rank": 4, "cp_rank": 8}, cal64, 1.0),
+                  ("64x64x3x3 KCP R=16 K=8, output fit", w64, "kcp", {"kt_rank": 16, "cp_rank": 8}, cal64, 1.0),
+                  ("64x64x3x3 SVD rank 10, output fit", w64, "svd", {"rank": 10}, cal64, 1.0)]
+    except (zoo.ZooError, FileNotFoundError) as exc:
+        print(f"(skipping the 64x64 cases: {exc})")
+    for label, w, method, ranks, cal, goal in cases:
+        kw = {} if cal is None else {"fit": "outputs", "calibration": cal}
+        result = decompose(w, method, **ranks, **kw)  # warm-up (imports, allocator) and the step count
+        median = _median_time(w, method, **ranks, **kw)
+        rows.append({"case": label, "median_s": median, "goal_s": goal, "ok": median < goal,
+                     "steps": _steps(result), "kernel": source if w is w256 else "CIFAR ResNet-56 layer3.5.conv1"})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only the four points of the issue")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    points = [p for p in POINTS if p[4] or not args.quick]
+    print("== held-out output error, fit='kernel' vs fit='outputs' (equal parameters) ==")
+    rows, gaps = held_out(points)
+    table(rows, ["model", "layer", "R", "K", "method", "ranks", "params", "heldout_kernel_fit", "heldout_output_fit",
+                 "ratio", "kernel_err_output_fit", "iterations", "t_kernel_s", "t_outputs_s"])
+    print("\n== default kernel fit against a long converged run (relative kernel error) ==")
+    table(gaps, ["model", "layer", "method", "ranks", "default", "long", "gap", "steps_default", "steps_long",
+                 "t_default_s", "t_long_s"])
+    print("\n== fit times (1 thread, median of 3) ==")
+    speed_rows = speed()
+    table(speed_rows, ["case", "median_s", "goal_s", "ok", "steps", "kernel"])
+    write("fit_cpu.json", {"machine": machine(), "threads": 1, "held_out": rows, "convergence": gaps,
+                           "speed": speed_rows})
+
+
+if __name__ == "__main__":
+    main()
