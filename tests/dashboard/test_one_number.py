@@ -58,6 +58,10 @@ def test_the_same_point_through_every_path(fit: str, digits: LoadedModel, conv4:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=(ImportError, AssertionError), reason=(
+    "library half (fit9) pending: no kcp.decompose.AGREEMENT_TOL yet, and a warm-started KCP fit of digits conv4 "
+    "R=2 K=4 still lands elsewhere (kernel error 0.96918 vs 0.96865 cold, output error 0.957 vs 0.946); so sweeps "
+    "are cold by default and warm starts are opt-in"))
 @pytest.mark.parametrize("fit", FITS)
 def test_a_warm_started_sweep_agrees_within_the_library_tolerance(fit: str, conv4: LayerTarget, tmp_path):
     """Warm starts (each point from its neighbour, opt-in) may only speed a fit up, never change its figures
