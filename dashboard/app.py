@@ -18,5 +18,6 @@ st.set_page_config(page_title="KCP Rank Explorer", page_icon=":material/view_in_
 st.navigation([
     st.Page("views/explore.py", title="Explore", icon=":material/tune:", default=True),
     st.Page("views/grid.py", title="Rank grid", icon=":material/grid_on:"),
+    st.Page("views/network.py", title="Network", icon=":material/account_tree:"),
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),
 ]).run()

@@ -72,14 +72,14 @@ class Session:
             self._planner = Planner(self.loaded, self.data, self.settings.plan, cache=self.cache, latency=latency)
         return self._planner
 
-    def run(self, plan: Plan, *, progress: Callable[[int, int, dict | None], None] | None = None,
+    def run(self, plan: Plan, *, tune: bool = True, progress: Callable[[int, int, dict | None], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> NetworkRun:
-        """Apply ``plan``, measure it, fine-tune it if the settings ask for steps, and report."""
+        """Apply ``plan``, measure it, fine-tune it if ``tune`` and the settings ask for steps, and report."""
         net = apply_plan(self.loaded, plan)
         zero = scores(predictions(net, self.data.eval_x), self.data.eval_y, self.reference)
         costs = network_costs(net, self.loaded.input_size, self.settings.latency)
         tuned = None
-        if self.settings.finetune.steps > 0:
+        if tune and self.settings.finetune.steps > 0:
             tuned = finetune(net, self.data, reference_eval=self.reference, teacher=self.loaded.model,
                              config=self.settings.finetune, progress=progress, should_stop=should_stop)
         dc = self.dense_costs

@@ -1,0 +1,139 @@
+"""Whole-network figures: fine-tuning throughput of KCP's channel paths against the dense network, and (optional)
+the uniform grid on digits-cnn and CIFAR ResNet plans at 5x and 10x.
+
+    python bench/bench_network.py                 # throughput: prints a table, writes bench/results/network_cpu.json
+    python bench/bench_network.py --grid          # + the uniform 4 x 4 grid, 300 steps per point (cached, resumable)
+    python bench/bench_network.py --cifar         # + CIFAR ResNet-20/56 plans at 5x and 10x (needs ../shared/weights
+                                                  # linked into $TORCH_HOME/hub/checkpoints)
+
+Goals (issue 10): the grid under 10 minutes on this 2-core CPU; KCP trains no slower than its MACs suggest.
+Timings on a shared machine are noisy: compare the ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from _common import SHARED_WEIGHTS, machine, table, write
+
+from kcp import zoo
+from kcp.cache import ResultCache
+from kcp.network.apply import apply_plan, set_channel_path
+from kcp.network.data import network_data
+from kcp.network.finetune import FinetuneConfig
+from kcp.network.plan import Budget, PlanConfig
+from kcp.network.run import RunSettings, Session
+
+PATHS = ("layered", "dense", "merged", "full")
+BATCH, STEPS = 128, 15
+# A 3 x 3 KCP grid and 20 refinement sweeps keep the per-layer sweeps of ResNet-56's 55 convs affordable here.
+CIFAR_PLAN = PlanConfig(methods=("kcp", "kt", "svd"), kt_ranks=(1, 2, 4), cp_ranks=(1, 2, 4), refine_sweeps=20)
+
+
+def step_ms(net, x, y, steps: int = STEPS) -> float:
+    """Median wall time of one Adam step (forward, backward, update) in train mode."""
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    net.train()
+    times = []
+    for i in range(steps + 2):
+        start = time.perf_counter()
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def throughput(cache: ResultCache) -> list[dict]:
+    loaded = zoo.load_model("digits-cnn")
+    data = network_data(loaded)
+    session = Session(loaded, data, RunSettings(latency=None), cache=cache)
+    x, y = data.train_x[:BATCH], data.train_y[:BATCH]
+    rows = []
+    dense_ms = None
+    for rank in ((4, 4), (2, 4), (8, 8)):
+        plan = session.planner.uniform(*rank)
+        for path in ("dense-network", *PATHS):
+            net = copy.deepcopy(loaded.model) if path == "dense-network" else apply_plan(loaded, plan)
+            if path != "dense-network":
+                set_channel_path(net, path)
+            ms = step_ms(net, x, y)
+            if path == "dense-network":
+                if dense_ms is not None:
+                    continue
+                dense_ms = ms
+            rows.append({"plan": "dense" if path == "dense-network" else f"KCP R={rank[0]} K={rank[1]}",
+                         "path": path if path != "dense-network" else "-", "compression": plan.compression
+                         if path != "dense-network" else 1.0, "conv_macs_ratio": 1.0 if path == "dense-network"
+                         else plan.macs / plan.dense_macs, "step_ms": ms, "vs_dense": ms / dense_ms})
+    return rows
+
+
+def grid(cache: ResultCache) -> dict:
+    loaded = zoo.load_model("digits-cnn")
+    settings = RunSettings(finetune=FinetuneConfig(steps=300))
+    session = Session(loaded, network_data(loaded), settings, cache=cache)
+    started, cpu = time.perf_counter(), time.process_time()
+    reports, cancelled = session.grid((1, 2, 4, 8), (1, 2, 4, 8))
+    return {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+            "cancelled": cancelled, "rows": [{k: r[k] for k in ("kt_rank", "cp_rank", "compression",
+                                                               "accuracy_zero_shot", "accuracy_finetuned",
+                                                               "seconds", "cpu_seconds") if k in r}
+                                              for r in reports]}
+
+
+def cifar(cache: ResultCache) -> list[dict]:
+    if not (SHARED_WEIGHTS / "resnet20-12fca82f.th").is_file():
+        print(f"skipping CIFAR: no weights at {SHARED_WEIGHTS}")
+        return []
+    home = os.environ.get("TORCH_HOME")
+    if home is None:
+        raise SystemExit("set TORCH_HOME to a folder whose hub/checkpoints links the files in ../shared/weights")
+    rows = []
+    for name in ("cifar-resnet20", "cifar-resnet56"):
+        loaded = zoo.load_model(name, download=False)
+        session = Session(loaded, network_data(loaded), RunSettings(plan=CIFAR_PLAN), cache=cache)
+        for ratio in (5.0, 10.0):
+            started = time.perf_counter()
+            report = session.budget_run(Budget("compression", ratio)).report
+            rows.append({"model": name, "budget": ratio, **{k: report[k] for k in (
+                "compression", "top1_agreement_zero_shot", "latency_ms", "dense_latency_ms", "n_eval")},
+                "methods": sorted({layer["method"] for layer in report["layers"]}),
+                "seconds": time.perf_counter() - started})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", action="store_true")
+    parser.add_argument("--cifar", action="store_true")
+    parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument("--out", default="network_cpu.json")
+    parser.add_argument("--cache-dir")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cache = ResultCache(args.cache_dir)
+    result: dict = {"machine": machine(), "batch": BATCH, "note": "shared 2-core machine, other jobs running"}
+    if not args.no_throughput:
+        result["throughput"] = throughput(cache)
+        table(result["throughput"], ["plan", "path", "compression", "conv_macs_ratio", "step_ms", "vs_dense"])
+    if args.grid:
+        result["grid"] = grid(cache)
+        table(result["grid"]["rows"], ["kt_rank", "cp_rank", "compression", "accuracy_zero_shot",
+                                       "accuracy_finetuned", "seconds", "cpu_seconds"])
+    if args.cifar:
+        result["cifar"] = cifar(cache)
+        table(result["cifar"], ["model", "budget", "compression", "top1_agreement_zero_shot", "latency_ms",
+                                "dense_latency_ms", "seconds"])
+    write(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
