@@ -10,7 +10,7 @@ fits (and different calibration data) apart.
 Each point is one task of a graph (a KCP point waits for the point it warm-starts from) that an engine
 (``kcp.engines``: this process, a local process pool, a Ray cluster) runs; the driver alone reads and writes
 the cache, so every engine gives the same rows from the same cache. Engines that run tasks side by side time
-latency afterwards, one layer at a time (on the driver, or as one-GPU tasks on Ray), never next to a busy task.
+latency afterwards, one point at a time (on the driver, or as one-GPU tasks on Ray), never next to a busy task.
 """
 
 from __future__ import annotations

@@ -18,7 +18,12 @@ ENGINES = ("local", "ray")
 
 
 class TaskFailed(Exception):
-    """A task raised, or the worker running it died; the message says which."""
+    """A task raised, or the worker running it died; the message says which. ``shared``: the failure hit every
+    task in flight at once (a dead worker breaks a whole process pool), so it may have been another task's."""
+
+    def __init__(self, message: str, shared: bool = False) -> None:
+        super().__init__(message)
+        self.shared = shared
 
 
 class Cancelled(Exception):
@@ -141,12 +146,16 @@ def run_graph(
     ``start(node, before)`` gets what the node's ``after`` node passed on (None if it failed or there is none)
     and returns ``("value", v)`` when the node needs no task (a cache hit), else ``("task", (fn, args, kwargs))``.
     ``finish(node, v)`` takes that value or the task's and returns what ``start`` of the nodes after it gets.
-    A failed task is retried ``engine.retries`` times, then ``fail(node, message)``; the rest carries on.
+    A failed task is retried ``engine.retries`` times, then ``fail(node, message)``; the rest carries on. A
+    failure that may have been another task's (``TaskFailed.shared``) does not count: the task runs again alone,
+    where a failure is its own.
     """
     waiting = list(nodes)
     values: dict[Hashable, Any] = {}
     through: set[Hashable] = set()
     running: dict[Any, tuple[Node, tuple, int]] = {}
+    alone: list[tuple[Node, tuple, int]] = []  # to run with nothing else in flight
+    solo = False
 
     def launch(node: Node, job: tuple, attempt: int) -> None:
         fn, args, kwargs = job
@@ -157,11 +166,14 @@ def run_graph(
         through.add(node.id)
 
     try:
-        while waiting or running:
+        while waiting or running or alone:
             if should_stop():
                 engine.cancel(list(running))
                 return True
-            for node in [n for n in waiting if n.after is None or n.after in through]:
+            if alone and not running:
+                launch(*alone.pop(0))
+                solo = True
+            for node in [] if alone or solo else [n for n in waiting if n.after is None or n.after in through]:
                 if len(running) >= engine.slots:
                     break
                 waiting.remove(node)
@@ -172,7 +184,7 @@ def run_graph(
                     launch(node, payload, 0)
                 if should_stop():
                     break
-            if not running:
+            if not running and not alone:
                 if waiting and not any(n.after is None or n.after in through for n in waiting):
                     raise ValueError(f"nodes wait on nodes that are not in the graph: {[n.id for n in waiting]}")
                 continue
@@ -181,6 +193,9 @@ def run_graph(
                 try:
                     value = engine.get(handle)
                 except TaskFailed as exc:
+                    if exc.shared and not solo:
+                        alone.append((node, job, attempt))
+                        continue
                     if attempt < engine.retries:
                         launch(node, job, attempt + 1)
                         continue
@@ -188,6 +203,7 @@ def run_graph(
                     settle(node, None)
                     continue
                 settle(node, finish(node, value))
+            solo = solo and bool(running)
     except Cancelled:
         engine.cancel(list(running))
         return True

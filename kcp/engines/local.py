@@ -54,7 +54,7 @@ class LocalEngine(Engine):
 
     Two workers with one thread each do not fight over two cores, so the default is cores // threads
     workers. A worker that dies breaks the whole pool (that is how ``concurrent.futures`` reports it): every
-    task in flight then fails once and is retried on a fresh pool.
+    task in flight fails with it and runs again, alone, on a fresh pool, so that only the culprit is charged.
     """
 
     name = "local"
@@ -97,7 +97,7 @@ class LocalEngine(Engine):
             return super().get(handle)
         except TaskFailed as exc:
             if isinstance(exc.__cause__, BrokenProcessPool):
-                raise TaskFailed("a worker process died while this task was in flight") from exc.__cause__
+                raise TaskFailed("a worker process died while this task was in flight", shared=True) from exc.__cause__
             raise
 
     def close(self) -> None:

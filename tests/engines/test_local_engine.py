@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+
 import pytest
 from conftest import CONFIG, make_target, untimed
 from engine_faults import calls
 
 from kcp.cache import ResultCache
-from kcp.engines import Engine, Node, make_engine, run_graph
+from kcp.engines import Engine, Node, TaskFailed, make_engine, run_graph
 from kcp.sweep import sweep
 
 
@@ -29,6 +31,49 @@ def test_graph_runs_nodes_after_the_ones_they_need_and_retries_once():
     assert got == {"a": 1, "b": 2, "flaky": 3, "c": 1}  # c ran without what the failed node would have passed on
     assert attempts == {"a": 1, "b": 1, "flaky": 2, "broken": 2, "c": 1}
     assert failed == {"broken": "RuntimeError: broken failed"}
+
+
+class _CrowdEngine(Engine):
+    """Two slots; while the task 'bomb' is in flight, every task in flight fails, as a broken process pool does."""
+
+    slots = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch: list = []
+        self.log: list[tuple[str, ...]] = []
+
+    def submit(self, fn, *args, gpu=False, **kwargs):
+        handle = cf.Future()
+        self.batch.append((handle, args[0]))
+        self.in_flight += 1
+        return handle
+
+    def wait(self, handles, timeout=None):
+        self.log.append(tuple(name for _, name in self.batch))
+        bomb = any(name == "bomb" for _, name in self.batch)
+        for handle, name in self.batch:
+            if bomb:
+                handle.set_exception(TaskFailed("a worker died", shared=True))
+            else:
+                handle.set_result(name)
+        self.batch = []
+        return list(handles)
+
+    def get(self, handle):
+        self.in_flight -= 1
+        return handle.result()
+
+
+def test_a_failure_shared_by_every_task_in_flight_is_charged_only_to_the_task_that_fails_alone():
+    engine = _CrowdEngine()
+    got, failed = [], []
+    nodes = [Node(name) for name in ("a", "bomb", "b", "c")]
+    run_graph(engine, nodes, lambda node, _: ("task", (str, (node.id,), {})),
+              lambda node, value: got.append(value), lambda node, msg: failed.append((node.id, msg)))
+    assert sorted(got) == ["a", "b", "c"] and failed == [("bomb", "a worker died")]
+    # The crowd that failed together ran again one task at a time; the bomb failed alone twice.
+    assert engine.log[:4] == [("a", "bomb"), ("a",), ("bomb",), ("bomb",)]
 
 
 def test_bad_engine_settings():
@@ -83,6 +128,7 @@ def test_a_killed_worker_is_retried_and_the_sweep_completes(tmp_path, reference,
 def test_a_worker_that_dies_twice_leaves_an_error_row_and_nothing_else_is_lost(tmp_path, reference, local2):
     cache = ResultCache(tmp_path / "cache")
     log = tmp_path / "crash.log"
+    # A dead worker fails every task in flight with it; those run again alone, so only the culprit fails.
     rows = sweep(make_target(log, crash_on="Tucker2Conv2d"), CONFIG, cache=cache, engine=local2).rows
     (bad,) = [r for r in rows if r["error"]]
     assert bad["method"] == "tucker2" and "worker process died" in bad["error"]
