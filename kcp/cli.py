@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from kcp import estimate as est
 from kcp import zoo
-from kcp.cache import ResultCache
+from kcp.cache import ResultCache, default_dir
 from kcp.decompose import kcp as kcp_decompose
 from kcp.evaluate import evaluate, module_for
 from kcp.export import save_layer
+from kcp.kron import make_factor_shape
 from kcp.latency import DTYPES, LatencySettings
 from kcp.metrics import counted_macs
 from kcp.sweep import BASELINES, SweepConfig, sweep
@@ -74,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sweeps", type=int, default=60, help="most refinement sweeps (default 60)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--images", type=int, help="real images for output error and fidelity (default per model)")
+        p.add_argument("--force", action="store_true",
+                       help="run even when the estimate is past the usual time or memory budget (never past the "
+                            "hard ceiling)")
 
     layers = sub.add_parser("layers", help="list a model's conv layers")
     model_args(layers)
@@ -127,6 +134,48 @@ class Progress:
         stream.flush()
 
 
+def _writable_file(flag: str, path: str) -> None:
+    """Refuse, before any work, an output file that cannot be written (probed by opening it for appending)."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} is a folder; give a file name")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path!r} cannot be written ({exc.strerror}); choose a path you can write to") \
+            from None
+    if not existed:
+        os.remove(path)
+
+
+def _writable_folder(flag: str, path: str) -> None:
+    """Refuse, before any work, a cache folder that cannot be created or written (probed with a temporary file)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path!r} cannot be written ({exc.strerror}); choose a folder you can write to") \
+            from None
+
+
+def _check_estimate(args, estimate: est.Estimate, what: str) -> None:
+    """Refuse (exit 2) work past the hard ceiling, and past the budget without --force; say the estimate."""
+    decision = est.decide(estimate, est.CLI_LIMITS, forced=args.force)
+    if decision.action == "refuse":
+        raise UsageError(f"{what} refused: {decision.reason}")
+    if decision.action == "confirm":
+        raise UsageError(f"{what}: {decision.reason}; pass --force to run it anyway")
+    print(f"{what}: {decision.reason}", file=sys.stderr)
+
+
+def _network_macs(loaded: zoo.LoadedModel, layer: str) -> int:
+    """MACs per image of the rest of the network (what a fidelity check runs besides the layer)."""
+    return sum(i.macs or 0 for i in zoo.conv_layers(loaded) if i.name != layer)
+
+
 def _load(args) -> zoo.LoadedModel:
     return zoo.load_model(args.model, arch=args.arch)
 
@@ -159,8 +208,16 @@ _DECOMPOSE_FIELDS = ("model", "layer", "factors", "placement", "kt_rank", "cp_ra
 
 
 def _cmd_decompose(args) -> int:
+    if args.save:
+        _writable_file("--save", args.save)
     loaded = _load(args)
     target = LayerTarget.from_zoo(loaded, args.layer, n_images=args.images)
+    shape = make_factor_shape(target.kernel_shape, args.factors, args.placement)
+    images = 0 if target.inputs is None else len(target.inputs)
+    _check_estimate(args, est.estimate(
+        "kcp", target.kernel_shape, {"kt_rank": args.kt, "cp_rank": args.cp}, target.in_hw, geometry=target.geometry,
+        factor_shape=shape, refine_sweeps=0 if args.no_refine else args.sweeps, images=images,
+        network_macs=_network_macs(loaded, args.layer) if target.fidelity else 0), f"R={args.kt} K={args.cp}")
     start = time.perf_counter()
     result = kcp_decompose(target.conv.weight.detach(), args.kt, args.cp, factors=args.factors,
                            placement=args.placement, refine_sweeps=0 if args.no_refine else args.sweeps,
@@ -191,6 +248,9 @@ def _cmd_decompose(args) -> int:
 def _cmd_sweep(args) -> int:
     if not args.out.endswith((".csv", ".json")):
         raise UsageError(f"--out must end in .csv or .json, got {args.out!r}")
+    _writable_file("--out", args.out)
+    if not args.no_cache:
+        _writable_folder("--cache-dir", args.cache_dir or str(default_dir()))
     latency = None
     if args.latency:
         latency = LatencySettings(device=args.device, dtype=args.dtype, batch=args.batch,
@@ -200,6 +260,22 @@ def _cmd_sweep(args) -> int:
     config = SweepConfig(kt_ranks=args.kt, cp_ranks=args.cp, methods=args.methods, factors=args.factors,
                          placement=args.placement, refine_sweeps=args.sweeps, seed=args.seed, match=args.match,
                          warm_start=not args.cold, fidelity=not args.no_fidelity, latency=latency)
+    shape = make_factor_shape(target.kernel_shape, args.factors, args.placement)
+    config.check(shape)
+    images = 0 if target.inputs is None else len(target.inputs)
+    network = _network_macs(loaded, args.layer) if target.fidelity else 0
+    baselines = sum(m != "kcp" for m in args.methods)
+    total = est.estimate("dense", target.kernel_shape, {}, target.in_hw, latency=latency)
+    for r in args.kt:
+        for k in args.cp:
+            point = est.estimate("kcp", target.kernel_shape, {"kt_rank": r, "cp_rank": k}, target.in_hw,
+                                 geometry=target.geometry, factor_shape=shape, refine_sweeps=args.sweeps,
+                                 images=images, network_macs=network, latency=latency)
+            # Each baseline at this budget costs about what the point's evaluation costs.
+            extra = (point.parts["evaluate"] + point.parts["latency"]) * baselines
+            total = total + point + est.Estimate(extra, 0, 0, point.dense_params, 0, point.dense_macs,
+                                                 {"baselines": extra})
+    _check_estimate(args, total, f"sweep of {len(args.kt) * len(args.cp)} points")
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     result = sweep(target, config, cache=cache, progress=Progress())
     path = result.write(args.out)

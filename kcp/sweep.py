@@ -33,6 +33,8 @@ COLUMNS = (
     "params", "dense_params", "compression", "macs", "dense_macs", "rel_error", "output_rel_error",
     "top1_agreement", "accuracy", "dense_accuracy", "latency_ms", "dense_latency_ms", "device", "seconds", "sweeps",
     "warm_start", "matched_to",
+    # issue 11: each row's own paired latency measurement (spread, speed-up interval, verdict)
+    "latency_p10_ms", "latency_p90_ms", "speedup", "speedup_low", "speedup_high", "latency_verdict",
 )
 
 
@@ -124,7 +126,6 @@ class _Runner:
             "channel_path": config.channel_path,
             "in_hw": target.in_hw,
         }
-        self.dense_latency: float | None = None
 
     def _cached(self, key: str) -> dict | None:
         return self.cache.get(key) if self.cache is not None else None
@@ -169,7 +170,7 @@ class _Runner:
             return {**hit["row"], "matched_to": matched_to}
         c = self.config
         row = evaluate(self.target, result, output_error=c.output_error, fidelity=c.fidelity, latency=c.latency,
-                       dense_latency_ms=self.dense_latency, channel_path=c.channel_path, seconds=seconds)
+                       channel_path=c.channel_path, seconds=seconds)
         self._store(mkey, {"row": row})
         return {**row, "matched_to": matched_to}
 
@@ -215,12 +216,12 @@ def sweep(
 def _dense_row(runner: _Runner) -> dict[str, Any]:
     t, c = runner.target, runner.config
     timing = None if c.latency is None else measure(t.conv, (t.kernel_shape[1], *t.in_hw), c.latency)
-    if timing is not None:
-        runner.dense_latency = timing.median_ms
     key, res, secs = runner.decomposition("dense", {}, None)
     row = runner.row(key, res, secs)
     if timing is not None:  # the dense layer's own figure is always fresh, never a cached one
-        row.update(latency_ms=timing.median_ms, dense_latency_ms=timing.median_ms, device=timing.device_name)
+        row.update(latency_ms=timing.median_ms, dense_latency_ms=timing.median_ms, device=timing.device_name,
+                   latency_p10_ms=timing.p10_ms, latency_p90_ms=timing.p90_ms, speedup=None, speedup_low=None,
+                   speedup_high=None, latency_verdict=None)
     return row
 
 

@@ -19,7 +19,8 @@ ASSUMED_HW = (32, 32)
 @dataclass
 class LayerTarget:
     """A conv layer to decompose. ``inputs`` are real activations reaching it (for output error);
-    ``fidelity(module)`` runs the network with the layer replaced (for top-1 agreement and accuracy)."""
+    ``fidelity(module, batch=None)`` runs the network with the layer replaced (for top-1 agreement and accuracy),
+    at most ``batch`` images at a time."""
 
     model: str
     name: str
@@ -52,7 +53,8 @@ class LayerTarget:
         if loaded.model is None:
             return cls(loaded.name, layer, conv, ASSUMED_HW, loaded.weights_id, in_hw_assumed=True)
         inputs = zoo.layer_inputs(loaded, layer, n_images)
-        check = (lambda module: zoo.network_fidelity(loaded, layer, module, n_images)) if fidelity else None
+        check = (lambda module, batch=None: zoo.network_fidelity(loaded, layer, module, n_images, batch)) if fidelity \
+            else None
         return cls(loaded.name, layer, conv, tuple(info.in_hw), loaded.weights_id, inputs, check)
 
     @property
