@@ -265,16 +265,9 @@ def _cmd_sweep(args) -> int:
     images = 0 if target.inputs is None else len(target.inputs)
     network = _network_macs(loaded, args.layer) if target.fidelity else 0
     baselines = sum(m != "kcp" for m in args.methods)
-    total = est.estimate("dense", target.kernel_shape, {}, target.in_hw, latency=latency)
-    for r in args.kt:
-        for k in args.cp:
-            point = est.estimate("kcp", target.kernel_shape, {"kt_rank": r, "cp_rank": k}, target.in_hw,
-                                 geometry=target.geometry, factor_shape=shape, refine_sweeps=args.sweeps,
-                                 images=images, network_macs=network, latency=latency)
-            # Each baseline at this budget costs about what the point's evaluation costs.
-            extra = (point.parts["evaluate"] + point.parts["latency"]) * baselines
-            total = total + point + est.Estimate(extra, 0, 0, point.dense_params, 0, point.dense_macs,
-                                                 {"baselines": extra})
+    total = est.grid(target.kernel_shape, args.kt, args.cp, target.in_hw, baselines=baselines, latency=latency,
+                     geometry=target.geometry, factor_shape=shape, refine_sweeps=args.sweeps, images=images,
+                     network_macs=network)
     _check_estimate(args, total, f"sweep of {len(args.kt) * len(args.cp)} points")
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     result = sweep(target, config, cache=cache, progress=Progress())

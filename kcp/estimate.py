@@ -235,6 +235,27 @@ def estimate(
                     macs=sum(s.macs for s in stages), dense_macs=sum(s.macs for s in dense), parts=parts)
 
 
+def grid(
+    kernel_shape: tuple[int, int, int, int],
+    kt_ranks: Sequence[int],
+    cp_ranks: Sequence[int],
+    in_hw: tuple[int, int],
+    *,
+    baselines: int = 0,
+    latency: LatencySettings | None = None,
+    **options,
+) -> Estimate:
+    """A KCP grid with ``baselines`` baselines at each point's budget (each costs about what the point's evaluation
+    costs) and the dense row; ``options`` as for :func:`estimate`."""
+    total = estimate("dense", kernel_shape, {}, in_hw, geometry=options.get("geometry"), latency=latency)
+    for r in kt_ranks:
+        for k in cp_ranks:
+            point = estimate("kcp", kernel_shape, {"kt_rank": r, "cp_rank": k}, in_hw, latency=latency, **options)
+            extra = (point.parts["evaluate"] + point.parts["latency"]) * baselines
+            total = total + point + Estimate(extra, 0, 0, point.dense_params, 0, point.dense_macs, {"baselines": extra})
+    return total
+
+
 def _seconds(s: float) -> str:
     if s < 1:
         return f"{s:.1f} s"

@@ -165,10 +165,10 @@ class WorkerPool:
         with self._lock:
             self._cancel(job, reason)
 
-    def cancel_owner(self, owner: str, reason: str = "its session ended") -> int:
-        """Stop every job of ``owner``; returns how many were stopped."""
+    def cancel_owner(self, owner: str, reason: str = "its session ended", slot: str | None = None) -> int:
+        """Stop every job of ``owner`` (in ``slot`` only, if given); returns how many were stopped."""
         with self._lock:
-            jobs = [j for j in self._all_jobs() if j.owner == owner]
+            jobs = [j for j in self._all_jobs() if j.owner == owner and slot in (None, j.slot)]
             for job in jobs:
                 self._cancel(job, reason)
             return len(jobs)

@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard.components import fmt
-from kcp.latency import Timing
+from kcp.latency import PairedTiming, Timing
 
 LABELS = {
     "params": "Parameters",
@@ -33,8 +33,9 @@ def _card(column, key: str, value: str, delta: str | None, colour: str, help: st
 
 def show(row: Mapping[str, Any], *, history: list[float] | None = None, timing: Timing | None = None,
          dense_timing: Timing | None = None, n_images: int | None = None,
-         latency_note: str | None = None) -> None:
-    """Six cards in two rows, from an ``evaluate`` row and the measured timings."""
+         latency_note: str | None = None, pair: PairedTiming | None = None) -> None:
+    """Six cards in two rows, from an ``evaluate`` row and the measured timings (``pair``: the paired
+    measurement they come from, whose verdict the latency card shows)."""
     first, second = st.columns(3), st.columns(3)
     params, dense_params = row["params"], row["dense_params"]
     delta, colour = _versus(params < dense_params, f"{fmt.ratio(row['compression'])} smaller than dense "
@@ -67,13 +68,18 @@ def show(row: Mapping[str, Any], *, history: list[float] | None = None, timing: 
         _card(second[2], "latency", "n/a", latency_note or "latency off (sidebar)", "off",
               "Measured latency of the factorised layer against the dense one.")
         return
-    faster = timing.median_ms < dense_timing.median_ms
-    speed = dense_timing.median_ms / timing.median_ms
-    delta = (f"{fmt.ratio(speed)} faster than dense ({fmt.ms(dense_timing.median_ms)})" if faster else
-             f"{fmt.ratio(1 / speed)} slower than dense ({fmt.ms(dense_timing.median_ms)})")
-    _card(second[2], "latency", fmt.ms(timing.median_ms), delta, "normal" if faster else "inverse",
-          f"Median of {timing.runs} runs on {timing.device_name}, {timing.dtype}, batch {timing.batch} "
-          f"(p10 {fmt.ms(timing.p10_ms)}, p90 {fmt.ms(timing.p90_ms)}).")
+    spread = (f"p10 {fmt.ms(timing.p10_ms)}, p90 {fmt.ms(timing.p90_ms)}; dense {fmt.ms(dense_timing.median_ms)} "
+              f"(p10 {fmt.ms(dense_timing.p10_ms)}, p90 {fmt.ms(dense_timing.p90_ms)})")
+    if pair is None:
+        delta, colour = f"dense {fmt.ms(dense_timing.median_ms)}", "off"
+    else:
+        head, ci = pair.summary().split(" (", 1)
+        delta = f"{head} · dense {fmt.ms(dense_timing.median_ms)} · {ci.split(',')[0]}"
+        colour = {"faster": "normal", "slower": "inverse"}.get(pair.verdict, "off")
+        spread += f"; speed-up {pair.speedup:.2f}x, {ci.rstrip(')')}"
+    _card(second[2], "latency", fmt.ms(timing.median_ms), delta, colour,
+          f"Median of {timing.runs} runs on {timing.device_name}, {timing.dtype}, batch {timing.batch}, timed in "
+          f"alternation with the dense layer ({spread}).")
 
 
 def device_caption(timing: Timing | None) -> str:
