@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from kcp import estimate as est
 from kcp import zoo
-from kcp.cache import ResultCache
+from kcp.cache import ResultCache, default_dir
 from kcp.engines import ENGINES, Engine, make_engine
 from kcp.evaluate import evaluate, module_for
 from kcp.export import save_layer
 from kcp.fit import DEFAULT_FIT, FITS, decompose_point, point_options
+from kcp.kron import make_factor_shape
 from kcp.latency import DTYPES, LatencySettings
 from kcp.metrics import counted_macs
 from kcp.network import command as network_command
@@ -92,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fit the kernel itself, or the layer's outputs on the calibration images")
         p.add_argument("--calibration", type=_positive, metavar="N",
                        help="calibration images for --fit outputs (default per model; never evaluation images)")
+        p.add_argument("--force", action="store_true",
+                       help="run even when the estimate is past the usual time or memory budget (never past the "
+                            "hard ceiling)")
 
     layers = sub.add_parser("layers", help="list a model's conv layers")
     model_args(layers)
@@ -164,6 +171,48 @@ class Progress:
         stream.flush()
 
 
+def _writable_file(flag: str, path: str) -> None:
+    """Refuse, before any work, an output file that cannot be written (probed by opening it for appending)."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} is a folder; give a file name")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path!r} cannot be written ({exc.strerror}); choose a path you can write to") \
+            from None
+    if not existed:
+        os.remove(path)
+
+
+def _writable_folder(flag: str, path: str) -> None:
+    """Refuse, before any work, a cache folder that cannot be created or written (probed with a temporary file)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path!r} cannot be written ({exc.strerror}); choose a folder you can write to") \
+            from None
+
+
+def _check_estimate(args, estimate: est.Estimate, what: str) -> None:
+    """Refuse (exit 2) work past the hard ceiling, and past the budget without --force; say the estimate."""
+    decision = est.decide(estimate, est.CLI_LIMITS, forced=args.force)
+    if decision.action == "refuse":
+        raise UsageError(f"{what} refused: {decision.reason}")
+    if decision.action == "confirm":
+        raise UsageError(f"{what}: {decision.reason}; pass --force to run it anyway")
+    print(f"{what}: {decision.reason}", file=sys.stderr)
+
+
+def _network_macs(loaded: zoo.LoadedModel, layer: str) -> int:
+    """MACs per image of the rest of the network (what a fidelity check runs besides the layer)."""
+    return sum(i.macs or 0 for i in zoo.conv_layers(loaded) if i.name != layer)
+
+
 def _load(args) -> zoo.LoadedModel:
     return zoo.load_model(args.model, arch=args.arch)
 
@@ -208,8 +257,16 @@ def _target(args, loaded: zoo.LoadedModel, fidelity: bool = True, layer: str | N
 
 
 def _cmd_decompose(args) -> int:
+    if args.save:
+        _writable_file("--save", args.save)
     loaded = _load(args)
     target = _target(args, loaded)
+    shape = make_factor_shape(target.kernel_shape, args.factors, args.placement)
+    images = 0 if target.inputs is None else len(target.inputs)
+    _check_estimate(args, est.estimate(
+        "kcp", target.kernel_shape, {"kt_rank": args.kt, "cp_rank": args.cp}, target.in_hw, geometry=target.geometry,
+        factor_shape=shape, refine_sweeps=0 if args.no_refine else args.sweeps, images=images,
+        network_macs=_network_macs(loaded, args.layer) if target.fidelity else 0), f"R={args.kt} K={args.cp}")
     options = point_options("kcp", factors=args.factors, placement=args.placement,
                             refine_sweeps=0 if args.no_refine else args.sweeps, seed=args.seed)
     if args.fit == "outputs":
@@ -247,6 +304,9 @@ def _cmd_decompose(args) -> int:
 def _cmd_sweep(args) -> int:
     if not args.out.endswith((".csv", ".json")):
         raise UsageError(f"--out must end in .csv or .json, got {args.out!r}")
+    _writable_file("--out", args.out)
+    if not args.no_cache:
+        _writable_folder("--cache-dir", args.cache_dir or str(default_dir()))
     latency = None
     if args.latency:
         latency = LatencySettings(device=args.device, dtype=args.dtype, batch=args.batch,
@@ -257,6 +317,19 @@ def _cmd_sweep(args) -> int:
     config = SweepConfig(kt_ranks=args.kt, cp_ranks=args.cp, methods=args.methods, factors=args.factors,
                          placement=args.placement, refine_sweeps=args.sweeps, seed=args.seed, match=args.match,
                          warm_start=args.warm_start, fidelity=not args.no_fidelity, latency=latency, fit=args.fit)
+    total = None
+    for target in targets:
+        shape = make_factor_shape(target.kernel_shape, args.factors, args.placement)
+        config.check(shape)
+        images = 0 if target.inputs is None else len(target.inputs)
+        network = _network_macs(loaded, target.name) if target.fidelity else 0
+        baselines = sum(m != "kcp" for m in args.methods)
+        layer_total = est.grid(target.kernel_shape, args.kt, args.cp, target.in_hw, baselines=baselines,
+                               latency=latency, geometry=target.geometry, factor_shape=shape,
+                               refine_sweeps=args.sweeps, images=images, network_macs=network)
+        total = layer_total if total is None else total + layer_total
+    points = len(args.kt) * len(args.cp) * len(targets)
+    _check_estimate(args, total, f"sweep of {points} points")
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     with make_engine(args.engine, workers=args.workers, threads=args.threads, address=args.ray_address) as engine:
         progress = Progress(engine=engine, layers=len(targets) > 1)

@@ -7,7 +7,8 @@ from typing import Any
 from torch import nn
 
 from kcp.decompose import Decomposition
-from kcp.latency import LatencySettings, measure
+from kcp.estimate import images_per_chunk
+from kcp.latency import LatencySettings, paired
 from kcp.metrics import output_error as layer_output_error
 from kcp.modules import to_module
 from kcp.target import LayerTarget
@@ -28,7 +29,6 @@ def evaluate(
     output_error: bool = True,
     fidelity: bool = True,
     latency: LatencySettings | None = None,
-    dense_latency_ms: float | None = None,
     channel_path: str = "layered",
     seconds: float | None = None,
 ) -> dict[str, Any]:
@@ -39,7 +39,10 @@ def evaluate(
     ``calibration_images`` on how many images (None for a kernel fit); ``top1_changed`` counts the evaluation
     images whose top-1 class changed (of ``eval_images``): the images that decide the agreement.
     Metrics that the target cannot give (no activations, no network) or that were not asked for are None;
-    ``dense_accuracy`` is the unchanged network's accuracy on the same labelled images.
+    ``dense_accuracy`` is the unchanged network's accuracy on the same labelled images. Images go through the
+    module in chunks sized by :func:`kcp.estimate.images_per_chunk`, so memory stays bounded at any rank.
+    Latency is one :func:`kcp.latency.paired` measurement of the dense layer and this module:
+    ``dense_latency_ms`` is this row's own dense figure, never one from another measurement.
     """
     ranks = result.ranks
     kcp_path = channel_path if result.method == "kcp" else "layered"
@@ -57,19 +60,24 @@ def evaluate(
         "macs": result.macs(target.in_hw, target.geometry, kcp_path), "dense_macs": target.dense_macs(),
         "rel_error": result.rel_error, "output_rel_error": None, "top1_agreement": None, "accuracy": None,
         "dense_accuracy": None, "eval_images": None, "top1_changed": None,
-        "latency_ms": None, "dense_latency_ms": dense_latency_ms, "device": None,
+        "latency_ms": None, "dense_latency_ms": None, "latency_p10_ms": None, "latency_p90_ms": None,
+        "speedup": None, "speedup_low": None, "speedup_high": None, "latency_verdict": None, "device": None,
         "seconds": None if seconds is None else round(seconds, 4), "sweeps": info.get("sweeps"),
         "converged": info.get("converged"), "warm_start": bool(info.get("warm_start", False)),
     }
     module = module_for(target, result, channel_path)
+    chunk = images_per_chunk(result.stages(target.in_hw, target.geometry, False, kcp_path))
     if output_error and target.inputs is not None:
-        row["output_rel_error"] = layer_output_error(target.conv, module, target.inputs)
+        row["output_rel_error"] = layer_output_error(target.conv, module, target.inputs, batch=chunk)
         row["eval_images"] = len(target.inputs)
     if fidelity and target.fidelity is not None:
-        fid = target.fidelity(module)
+        fid = target.fidelity(module, batch=chunk)
         row.update(top1_agreement=fid.top1_agreement, accuracy=fid.accuracy, dense_accuracy=fid.baseline_accuracy,
                    eval_images=fid.n_images, top1_changed=fid.n_changed)
     if latency is not None:
-        timing = measure(module, (target.kernel_shape[1], *target.in_hw), latency)
-        row.update(latency_ms=timing.median_ms, device=timing.device_name)
+        pair = paired(target.conv, module, (target.kernel_shape[1], *target.in_hw), latency)
+        row.update(latency_ms=pair.factorised.median_ms, dense_latency_ms=pair.dense.median_ms,
+                   latency_p10_ms=pair.factorised.p10_ms, latency_p90_ms=pair.factorised.p90_ms,
+                   speedup=pair.speedup, speedup_low=pair.speedup_low, speedup_high=pair.speedup_high,
+                   latency_verdict=pair.verdict, device=pair.factorised.device_name)
     return row

@@ -44,7 +44,13 @@ COLUMNS = (
     "params", "dense_params", "compression", "macs", "dense_macs", "rel_error", "output_rel_error",
     "top1_agreement", "top1_changed", "eval_images", "accuracy", "dense_accuracy", "latency_ms", "dense_latency_ms",
     "device", "seconds", "sweeps", "converged", "warm_start", "matched_to", "error",
+    # Each row's own paired latency measurement (spread, speed-up interval, verdict).
+    "latency_p10_ms", "latency_p90_ms", "speedup", "speedup_low", "speedup_high", "latency_verdict",
 )
+
+
+_LATENCY_COLUMNS = ("latency_ms", "dense_latency_ms", "device", "latency_p10_ms", "latency_p90_ms", "speedup",
+                    "speedup_low", "speedup_high", "latency_verdict")
 
 
 class SweepCancelled(Cancelled):
@@ -140,7 +146,6 @@ class _Runner:
             "channel_path": config.channel_path,
             "in_hw": target.in_hw,
         }
-        self.dense_latency: float | None = None
         # What an output fit learned from: part of every decomposition's cache key (None for kernel fits).
         self.fit_key = {"fit": config.fit,
                         "calibration": target.calibration_id() if config.fit == "outputs" else None}
@@ -192,7 +197,7 @@ class _Runner:
             return {**hit["row"], "matched_to": matched_to}
         c = self.config
         row = evaluate(self.target, result, output_error=c.output_error, fidelity=c.fidelity, latency=c.latency,
-                       dense_latency_ms=self.dense_latency, channel_path=c.channel_path, seconds=seconds)
+                       channel_path=c.channel_path, seconds=seconds)
         self._store(mkey, {"row": row})
         return {**row, "matched_to": matched_to}
 
@@ -278,11 +283,9 @@ def _dense_timing(target: LayerTarget, latency: LatencySettings) -> Timing:
 
 
 def _point_task(target: LayerTarget, config: SweepConfig, point: _Point, init: tuple[str, dict] | None,
-                entries: dict[str, dict], dense_latency_ms: float | None = None,
-                should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                entries: dict[str, dict], should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """One point's decomposition and metrics (a task, run by an engine), reading the cache only from ``entries``."""
     runner = _Runner(target, config, _Entries(entries), should_stop)  # type: ignore[arg-type]
-    runner.dense_latency = dense_latency_ms
     if point.method == "dense":
         key, result, row = _dense_row(runner)
     else:
@@ -292,16 +295,20 @@ def _point_task(target: LayerTarget, config: SweepConfig, point: _Point, init: t
     return {"row": row, "key": key, "state": result.state(), "writes": runner.cache.writes}
 
 
-def _timing_task(target: LayerTarget, state: dict, latency: LatencySettings, channel_path: str,
-                 dense_latency_ms: float | None = None) -> dict[str, Any]:
-    """The latency columns of one decomposition (a task: it runs where nothing else competes for the device)."""
+def _dense_latency_columns(timing: Timing) -> dict[str, Any]:
+    """The dense row's latency columns: its own figure on both sides, no speed-up to speak of."""
+    return {"latency_ms": timing.median_ms, "dense_latency_ms": timing.median_ms, "device": timing.device_name,
+            "latency_p10_ms": timing.p10_ms, "latency_p90_ms": timing.p90_ms}
+
+
+def _timing_task(target: LayerTarget, state: dict, latency: LatencySettings, channel_path: str) -> dict[str, Any]:
+    """The latency columns of one decomposition, paired with the dense layer's (a task: it runs where nothing else
+    competes for the device)."""
     result = Decomposition.from_state(state)
     if result.method == "dense":
-        timing = _dense_timing(target, latency)
-        return {"latency_ms": timing.median_ms, "dense_latency_ms": timing.median_ms, "device": timing.device_name}
-    row = evaluate(target, result, output_error=False, fidelity=False, latency=latency,
-                   dense_latency_ms=dense_latency_ms, channel_path=channel_path)
-    return {k: v for k, v in row.items() if "latency" in k or k == "device"}
+        return _dense_latency_columns(_dense_timing(target, latency))
+    row = evaluate(target, result, output_error=False, fidelity=False, latency=latency, channel_path=channel_path)
+    return {k: v for k, v in row.items() if k in _LATENCY_COLUMNS}
 
 
 class _Layer:
@@ -328,7 +335,6 @@ class _Layer:
         self.shared: Any = None
         self.rows: dict[int, dict[str, Any]] = {}
         self.results: dict[int, tuple[str, dict]] = {}
-        self.dense_latency: float | None = None
 
     def ordered_rows(self) -> list[dict[str, Any]]:
         return [self.rows[i] for i in sorted(self.rows)]
@@ -394,7 +400,7 @@ class _Run:
         if layer.shared is None:
             layer.shared = self.engine.share(layer.target)
         kwargs = {"should_stop": self.should_stop} if self.engine.in_process else {}
-        args = (layer.shared, layer.task_config, point, init, entries, layer.dense_latency)
+        args = (layer.shared, layer.task_config, point, init, entries)
         return "task", (_point_task, args, kwargs)
 
     def _finish(self, node: Node, value: dict[str, Any]) -> tuple[str, dict]:
@@ -406,7 +412,6 @@ class _Run:
         layer.rows[i], layer.results[i] = {**value["row"], "error": None}, (value["key"], value["state"])
         if layer.plan[i].method == "dense":
             layer.rows[i]["fit"] = layer.config.fit  # the dense layer (one cache entry) is the same under either fit
-            layer.dense_latency = value["row"].get("dense_latency_ms")
         self._report(layer.rows[i])
         return value["key"], value["state"]
 
@@ -422,22 +427,19 @@ class _Run:
         latency = self.layers[0].config.latency
         on_gpu = latency is not None and latency.device.startswith("cuda") and self.engine.gpu_tasks
         engine = self.engine if on_gpu else Engine()
-        nodes = []
-        for li, layer in enumerate(self.layers):
-            timed = [i for i in sorted(layer.results) if not layer.rows[i].get("error")]
-            dense = next((i for i in timed if layer.plan[i].method == "dense"), None)
-            nodes += [Node((li, i), None if i == dense or dense is None else (li, dense)) for i in timed]
+        nodes = [Node((li, i), None) for li, layer in enumerate(self.layers)
+                 for i in sorted(layer.results) if not layer.rows[i].get("error")]
         saved = {(li, i): self._saved_timing(li, i) for li, i in (n.id for n in nodes)}
         self.done, self.total = 0, len(nodes)
 
-        def start(node: Node, dense_ms: float | None) -> tuple[str, Any]:
+        def start(node: Node, _before: None) -> tuple[str, Any]:
             li, i = node.id
             layer = self.layers[li]
             if saved[node.id] is not None:
                 return "value", saved[node.id]
             if layer.shared is None or not on_gpu:
                 layer.shared = engine.share(layer.target) if on_gpu else layer.target
-            args = (layer.shared, layer.results[i][1], latency, layer.config.channel_path, dense_ms)
+            args = (layer.shared, layer.results[i][1], latency, layer.config.channel_path)
             return "task", (_timing_task, args, {"gpu": True} if on_gpu else {})
 
         def finish(node: Node, columns: dict[str, Any]) -> float | None:
@@ -466,18 +468,16 @@ class _Run:
         if self.cache is None or self.layers[li].plan[i].method == "dense":
             return None
         hit = self.cache.get(self._timed_key(li, i))
-        return None if hit is None else {k: v for k, v in hit["row"].items() if "latency" in k or k == "device"}
+        return None if hit is None else {k: v for k, v in hit["row"].items() if k in _LATENCY_COLUMNS}
 
 
 def _dense_row(runner: _Runner) -> tuple[str, Decomposition, dict[str, Any]]:
     t, c = runner.target, runner.config
     timing = None if c.latency is None else _dense_timing(t, c.latency)
-    if timing is not None:
-        runner.dense_latency = timing.median_ms
     key, res, secs = runner.decomposition("dense", {}, None)
     row = runner.row(key, res, secs)
     if timing is not None:  # the dense layer's own figure is always fresh, never a cached one
-        row.update(latency_ms=timing.median_ms, dense_latency_ms=timing.median_ms, device=timing.device_name)
+        row.update(_dense_latency_columns(timing))
     return key, res, row
 
 

@@ -39,7 +39,8 @@ class LayerTarget:
     """A conv layer to decompose. ``inputs`` are real activations reaching it from the evaluation images (for
     output error); ``fidelity(module)`` runs the network with the layer replaced on the evaluation images (top-1
     agreement, accuracy); ``calibration()`` gives the patch moments of its inputs over the calibration images
-    (for ``fit="outputs"``). ``images`` and ``calibration_images`` say in words what the two sets are."""
+    (for ``fit="outputs"``), ``fidelity(module, batch=n)`` at most n images at a time. ``images`` and
+    ``calibration_images`` say in words what the two sets are."""
 
     model: str
     name: str

@@ -78,3 +78,53 @@ def test_bad_settings(kwargs, message):
 def test_cuda_without_a_gpu_is_refused():
     with pytest.raises(ValueError, match="no CUDA GPU is available here"):
         LatencySettings(device="cuda")
+
+
+class _Slowed(nn.Module):
+    """A conv that also sleeps: a known, large gap between two layers that compute the same thing."""
+
+    def __init__(self, conv: nn.Module, seconds: float) -> None:
+        super().__init__()
+        self.conv, self.seconds = conv, seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return self.conv(x)
+
+
+def test_paired_returns_both_figures_from_one_measurement_and_a_verdict():
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    settings = LatencySettings(runs=6, warmup=1, min_run_time=0.01, threads=1)
+    pair = latency.paired(conv, _Slowed(conv, 0.002), (4, 8, 8), settings)
+    # Both timings come from the same rounds: one block of each per round.
+    assert pair.dense.runs == pair.factorised.runs == pair.rounds >= 6
+    assert pair.factorised.median_ms > 2.0 > pair.dense.median_ms
+    assert pair.speedup_low <= pair.speedup <= pair.speedup_high < 1.0
+    assert pair.verdict == "slower" and pair.summary().endswith("paired rounds)")
+    swapped = latency.paired(_Slowed(conv, 0.002), conv, (4, 8, 8), settings)
+    assert swapped.verdict == "faster" and swapped.speedup_low > 1.0
+
+
+def test_paired_rounds_are_interleaved(monkeypatch):
+    calls = []
+    original = latency._block_cpu
+
+    def spy(mod, x, number):
+        calls.append(id(mod))
+        return original(mod, x, number)
+
+    monkeypatch.setattr(latency, "_block_cpu", spy)
+    a, b = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 3, padding=1)
+    latency.paired(a, b, (2, 4, 4), LatencySettings(runs=4, warmup=0, min_run_time=0.001))
+    rounds = calls[2:]  # after one probe call of each to size the blocks
+    pairs = [tuple(rounds[i:i + 2]) for i in range(0, len(rounds), 2)]
+    assert len(set(rounds)) == 2 and all(len(set(p)) == 2 for p in pairs)
+    assert pairs[0] == pairs[1][::-1]  # the order alternates, so drift hits both alike
+
+
+def test_median_interval_against_the_binomial_and_the_noisy_verdict():
+    values = [float(v) for v in range(1, 11)]
+    assert latency.median_interval(values) == (2.0, 9.0)  # n=10: P(X<=1) = 11/1024 <= 2.5 %, P(X<=2) > 2.5 %
+    wide = latency.PairedTiming(None, None, 1.0, 0.5, 2.0, 10)
+    narrow = latency.PairedTiming(None, None, 1.0, 0.97, 1.04, 10)
+    assert (wide.verdict, narrow.verdict) == ("noisy", "same") and "too noisy" in wide.summary()

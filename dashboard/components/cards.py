@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard.components import fmt
-from kcp.latency import Timing
+from kcp.latency import PairedTiming, Timing
 from kcp.metrics import proportion_interval
 
 LABELS = {
@@ -43,9 +43,9 @@ def spread(row: Mapping[str, Any]) -> str | None:
 
 def show(row: Mapping[str, Any], *, history: list[float] | None = None, timing: Timing | None = None,
          dense_timing: Timing | None = None, images: str | None = None,
-         latency_note: str | None = None) -> None:
+         latency_note: str | None = None, pair: PairedTiming | None = None) -> None:
     """Six cards in two rows, from an ``evaluate`` row and the measured timings; ``images`` says in words what
-    the evaluation images are."""
+    the evaluation images are, ``pair`` is the paired measurement the timings come from (its verdict is shown)."""
     first, second = st.columns(3), st.columns(3)
     params, dense_params = row["params"], row["dense_params"]
     delta, colour = _versus(params < dense_params, f"{fmt.ratio(row['compression'])} smaller than dense "
@@ -85,13 +85,19 @@ def show(row: Mapping[str, Any], *, history: list[float] | None = None, timing: 
         _card(second[2], "latency", "n/a", latency_note or "latency off (sidebar)", "off",
               "Measured latency of the factorised layer against the dense one.")
         return
-    faster = timing.median_ms < dense_timing.median_ms
-    speed = dense_timing.median_ms / timing.median_ms
-    delta = (f"{fmt.ratio(speed)} faster than dense ({fmt.ms(dense_timing.median_ms)})" if faster else
-             f"{fmt.ratio(1 / speed)} slower than dense ({fmt.ms(dense_timing.median_ms)})")
-    _card(second[2], "latency", fmt.ms(timing.median_ms), delta, "normal" if faster else "inverse",
-          f"Median of {timing.runs} runs on {timing.device_name}, {timing.dtype}, batch {timing.batch} "
-          f"(p10 {fmt.ms(timing.p10_ms)}, p90 {fmt.ms(timing.p90_ms)}).")
+    timing_spread = (f"p10 {fmt.ms(timing.p10_ms)}, p90 {fmt.ms(timing.p90_ms)}; "
+                     f"dense {fmt.ms(dense_timing.median_ms)} "
+                     f"(p10 {fmt.ms(dense_timing.p10_ms)}, p90 {fmt.ms(dense_timing.p90_ms)})")
+    if pair is None:
+        delta, colour = f"dense {fmt.ms(dense_timing.median_ms)}", "off"
+    else:
+        head, ci = pair.summary().split(" (", 1)
+        delta = f"{head} · dense {fmt.ms(dense_timing.median_ms)} · {ci.split(',')[0]}"
+        colour = {"faster": "normal", "slower": "inverse"}.get(pair.verdict, "off")
+        timing_spread += f"; speed-up {pair.speedup:.2f}x, {ci.rstrip(')')}"
+    _card(second[2], "latency", fmt.ms(timing.median_ms), delta, colour,
+          f"Median of {timing.runs} runs on {timing.device_name}, {timing.dtype}, batch {timing.batch}, timed in "
+          f"alternation with the dense layer ({timing_spread}).")
 
 
 def device_caption(timing: Timing | None) -> str:

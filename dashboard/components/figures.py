@@ -30,6 +30,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "compression": ("compression (dense / factorised params)", True),
 }
 
+# The heatmap's plot area at its widest (a wide page) and its height, and the spacing of its click targets.
+PLOT_PX, TILE_PX = (1400, 300), 20
 CLICK_HINT = "click a cell to move the sliders there"
 
 
@@ -95,13 +97,18 @@ def heatmap(rows: Sequence[Mapping[str, Any]], metric: str, current: tuple[int, 
         text=[[_show(metric, v) for v in row] for row in values], texttemplate="%{text}",
         hoverinfo="skip", name=label,
     ))
-    cell_x = [x for _ in ys for x in xs]
-    cell_y = [y for y in ys for _ in xs]
+    # Plotly selects markers, not heatmap cells, and a marker is a fixed-size square: one per cell left most of
+    # a wide cell dead. So each cell is tiled with overlapping invisible markers (on a numeric overlay of the
+    # category axes), all carrying the cell's [R, K]: a click anywhere in it selects it.
+    nx, ny = cell_tiles(len(cp_ranks), len(kt_ranks))
+    tiles = [(i - 0.5 + (a + 0.5) / nx, j - 0.5 + (b + 0.5) / ny, r, k, v)
+             for j, (r, row) in enumerate(zip(kt_ranks, values)) for i, (k, v) in enumerate(zip(cp_ranks, row))
+             for b in range(ny) for a in range(nx)]
     fig.add_trace(go.Scatter(
-        x=cell_x, y=cell_y, mode="markers", name="cells", showlegend=False,
-        marker={"symbol": "square", "size": 28, "color": "rgba(0,0,0,0)"},
-        customdata=[[r, k] for r in kt_ranks for k in cp_ranks],
-        text=[_show(metric, v) or "not computed" for row in values for v in row],
+        x=[t[0] for t in tiles], y=[t[1] for t in tiles], xaxis="x2", yaxis="y2", mode="markers", name="cells",
+        showlegend=False, marker={"symbol": "square", "size": TILE_PX + 4, "color": "rgba(0,0,0,0)"},
+        customdata=[[t[2], t[3]] for t in tiles],
+        text=[_show(metric, t[4]) or "not computed" for t in tiles],
         hovertemplate="R=%{customdata[0]} K=%{customdata[1]}<br>" + label + ": %{text}<extra></extra>",
     ))
     if current is not None and current[0] in kt_ranks and current[1] in cp_ranks:
@@ -114,11 +121,20 @@ def heatmap(rows: Sequence[Mapping[str, Any]], metric: str, current: tuple[int, 
         ))
     fig.update_layout(
         title={"text": f"KCP {label}"}, margin={"l": 60, "r": 20, "t": 50, "b": 50}, height=380,
-        xaxis={"title": {"text": "CP rank K"}, "type": "category"},
-        yaxis={"title": {"text": "KT rank R"}, "type": "category"},
+        xaxis={"title": {"text": "CP rank K"}, "type": "category", "range": [-0.5, len(xs) - 0.5]},
+        yaxis={"title": {"text": "KT rank R"}, "type": "category", "range": [-0.5, len(ys) - 0.5]},
+        xaxis2={"overlaying": "x", "range": [-0.5, len(xs) - 0.5], "visible": False, "fixedrange": True},
+        yaxis2={"overlaying": "y", "range": [-0.5, len(ys) - 0.5], "visible": False, "fixedrange": True},
         clickmode="event+select", dragmode=False,
     )
     return fig
+
+
+def cell_tiles(columns: int, rows: int) -> tuple[int, int]:
+    """Invisible markers per cell across and down, so that markers ``TILE_PX`` apart cover a cell of a plot up to
+    ``PLOT_PX`` wide and high."""
+    width, height = PLOT_PX
+    return max(1, math.ceil(width / columns / TILE_PX)), max(1, math.ceil(height / rows / TILE_PX))
 
 
 def ranks_from_selection(selection: Mapping[str, Any] | None) -> tuple[int, int] | None:

@@ -16,6 +16,7 @@ import streamlit as st
 from dashboard.components import fmt
 from kcp import zoo
 from kcp.latency import DTYPES
+from kcp.workers import JobCancelled, WorkerDied
 
 T = TypeVar("T")
 
@@ -73,6 +74,11 @@ def explain(exc: Exception) -> str | None:
     if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
         return (f"Not enough memory for this request ({exc or 'MemoryError'}). Lower the ranks, the batch or the "
                 f"number of images, or pick a smaller layer.")
+    if isinstance(exc, JobCancelled):
+        return f"Stopped ({exc}). Move a slider or rerun the page to compute it again."
+    if isinstance(exc, WorkerDied):
+        return (f"The worker computing this ended without an answer ({exc}); the app itself is fine. Lower the "
+                f"ranks, the batch or the number of images and try again.")
     if isinstance(exc, zoo.WeightsUnavailable):
         return f"Pretrained weights missing: {exc}"
     if isinstance(exc, ValueError):  # kcp's refusals, zoo errors and RequestTooLarge all say what to do

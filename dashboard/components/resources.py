@@ -1,9 +1,11 @@
 """Cached calls into kcp: the dashboard's only way to load models, decompose, evaluate and time.
 
 ``st.cache_resource`` holds what all sessions share and nobody changes (loaded models, layer targets with
-their real activations); ``st.cache_data`` holds results (decompositions, metric rows, timings, spectra),
-which it pickles, so no session can change another's. Heavy arguments are passed with a leading underscore
-(not hashed) next to a small key that identifies them.
+their real activations); ``st.cache_data`` holds results (decompositions, metric rows, spectra), which it
+pickles, so no session can change another's. Heavy arguments are passed with a leading underscore (not hashed)
+next to a small key that identifies them. The heavy work itself runs in worker processes
+(:mod:`dashboard.components.workers`, jobs from :mod:`kcp.jobs`); latency is measured afresh on every request,
+the dense layer paired with the factorised one, and never cached.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from kcp import zoo
-from kcp.decompose import Decomposition, KTSpectrum, kt_spectrum
-from kcp.evaluate import evaluate, module_for
+from dashboard.components import workers
+from kcp import jobs, zoo
+from kcp.decompose import Decomposition, KTSpectrum
 from kcp.export import layer_state
-from kcp.fit import DEFAULT_FIT, decompose_point, point_options
-from kcp.latency import LatencySettings, Timing, measure
-from kcp.sweep import SweepResult
+from kcp.fit import DEFAULT_FIT, point_options
+from kcp.latency import LatencySettings, PairedTiming
+from kcp.sweep import SweepConfig, SweepResult
 from kcp.target import LayerTarget
 from kcp.zoo.registry import ASSETS
 
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "kcp-rank-explorer-uploads"
+# What a worker process needs to load a model again: (name, weights hash) -> (source, arch).
+_SOURCES: dict[tuple[str, str], tuple[str, str | None]] = {}
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ def load_model(source: str, arch: str | None = None) -> zoo.LoadedModel:
     loaded, error = _load(source, arch, stamp)
     if error is not None:
         raise error
+    _SOURCES[loaded.key] = (str(source), arch)
     return loaded
 
 
@@ -129,47 +134,45 @@ def target(loaded: zoo.LoadedModel, layer: str, n_images: int | None,
     return key, _target(key, loaded)
 
 
-def _yield_to_streamlit(_sweep: int, _error: float) -> None:
-    # Touching session state is a point where Streamlit may stop this run: a slider moved during a long
-    # refinement abandons the stale decomposition instead of finishing it first.
-    st.session_state.get("_kcp_yield")
+def spec(key: TargetKey, fidelity: bool = True) -> jobs.TargetSpec:
+    """What a worker needs to rebuild the layer of ``key``."""
+    source, arch = _SOURCES[(key.model, key.weights_id)]
+    return jobs.TargetSpec(source, arch, key.layer, key.n_images, fidelity, key.n_calibration)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def decomposition(key: TargetKey, point: Point, _target: LayerTarget) -> Decomposition:
-    """The layer's decomposition at ``point`` (cached per layer and point), as the CLI and the sweep make it."""
-    return decompose_point(_target, point.method, dict(point.ranks), fit=point.fit, options=point.options(),
-                           callback=_yield_to_streamlit)
+    """The layer's decomposition at ``point`` (cached per layer and point; run in a worker), as the CLI and the
+    sweep make it."""
+    return workers.run(jobs.decomposition, spec(key), point.method, dict(point.ranks), point.options(), point.fit,
+                       slot="decomposition", key=(key, point))
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def metrics(key: TargetKey, point: Point, fidelity: bool, _target: LayerTarget) -> dict:
     """``kcp.evaluate.evaluate``'s row for ``point``: costs, kernel and output error, network fidelity."""
-    result = decomposition(key, point, _target)
-    return evaluate(_target, result, output_error=True, fidelity=fidelity, latency=None)
+    return workers.run(jobs.metrics, spec(key), point.method, dict(point.ranks), point.options(), fidelity,
+                       point.fit, slot="metrics", key=(key, point, fidelity))
 
 
-def _in_shape(t: LayerTarget) -> tuple[int, int, int]:
-    return (t.kernel_shape[1], *t.in_hw)
-
-
-@st.cache_data(show_spinner=False, max_entries=512)
-def latency(key: TargetKey, point: Point, settings: LatencySettings, _target: LayerTarget) -> Timing:
-    """Measured latency of the factorised module at ``point`` (same settings as the dense timing)."""
-    return measure(module_for(_target, decomposition(key, point, _target)), _in_shape(_target), settings)
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def dense_latency(key: TargetKey, settings: LatencySettings, _target: LayerTarget) -> Timing:
-    """Measured latency of the dense layer itself, once per layer and settings."""
-    return measure(_target.conv, _in_shape(_target), settings)
+def latency(key: TargetKey, point: Point, settings: LatencySettings, _target: LayerTarget) -> PairedTiming:
+    """The dense layer and the factorised one at ``point``, timed together in one paired measurement (fresh on
+    every call: a figure from another moment, session or server is never shown)."""
+    return workers.run(jobs.latency, spec(key), point.method, dict(point.ranks), point.options(), settings,
+                       point.fit, slot="latency", key=(key, point, settings))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def spectrum(key: TargetKey, factors: tuple[int, int, int, int] | None, placement: str,
              _target: LayerTarget) -> KTSpectrum:
     """The layer's KT spectrum for a factor shape and placement."""
-    return kt_spectrum(_target.conv.weight.detach(), factors=factors, placement=placement)
+    return workers.run(jobs.spectrum, spec(key), factors, placement, slot="spectrum", key=(key, factors, placement))
+
+
+def grid(key: TargetKey, config: SweepConfig, progress) -> SweepResult:
+    """A rank-grid sweep of the layer in a worker (points cached on disk); ``progress((done, total, row))``."""
+    return workers.run(jobs.grid, spec(key, config.fidelity), config, slot="grid", key=(key, config),
+                       progress=progress)
 
 
 def layer_file(result: Decomposition, t: LayerTarget, meta: dict) -> bytes:

@@ -2,7 +2,9 @@
 
 The live panel is a fragment that also draws the rank sliders (into their place in the sidebar): moving one
 reruns only the panel. Every result is cached per layer, ranks and options, so a point visited before shows
-at once, and a stale decomposition is abandoned as soon as the slider moves again.
+at once; the work runs in worker processes, and a stale point is stopped as soon as the slider moves again.
+Before a point runs, ``kcp.estimate`` predicts its time and memory: past the app's budget the panel asks
+first, past its ceiling it refuses with the reason.
 """
 
 from __future__ import annotations
@@ -14,30 +16,67 @@ import streamlit as st
 
 from dashboard.components import cards, diagram, figures, fmt, guards, resources, sidebar
 from dashboard.components.layer import header, layer_target
+from kcp import estimate as est
 from kcp.budget import largest_within
 from kcp.fit import FITS
-from kcp.latency import Timing
+from kcp.latency import LatencySettings, PairedTiming
 from kcp.target import LayerTarget
 
 # Ends the live panel's caption; tests and the benchmark wait for it to know the whole view is drawn.
 UPDATED = "View updated for"
+# Start the panel's warning when a point is refused or needs a confirmation (tests and the benchmark look for them).
+REFUSED, CONFIRM = "Not computed", "This point is heavy"
+CONFIRMED = "confirmed_points"
 
 
-def timings(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget, point: resources.Point,
-            stage_shapes: list[tuple[int, ...]]) -> tuple[Timing | None, Timing | None, str | None]:
-    """Latency of the factorised layer and of the dense one, or why there is none."""
+def estimate(sel: sidebar.Selection, target: LayerTarget, point: resources.Point,
+             latency: LatencySettings | None = None) -> est.Estimate:
+    """What ``point`` will cost (decomposition and evaluation, or the latency measurement when given)."""
+    fidelity = sel.live_fidelity and target.fidelity is not None
+    network = sum(i.macs or 0 for i in resources.layers(sel.loaded) if i.name != sel.layer.name) if fidelity else 0
+    shape = sel.factor_shape() if point.method in ("kcp", "kt") else None
+    prediction = est.estimate(point.method, target.kernel_shape, dict(point.ranks), target.in_hw,
+                              geometry=target.geometry, factor_shape=shape, refine_sweeps=point.refine_sweeps,
+                              images=0 if target.inputs is None else len(target.inputs), network_macs=network,
+                              latency=latency)
+    if latency is None:
+        return prediction
+    # Only the timing itself: the point's decomposition is done (or refused) by then.
+    return est.Estimate(prediction.parts["latency"], prediction.peak_bytes, prediction.params,
+                        prediction.dense_params, prediction.macs, prediction.dense_macs,
+                        {"latency": prediction.parts["latency"]})
+
+
+def _confirm(tag: tuple) -> None:
+    st.session_state.setdefault(CONFIRMED, set()).add(tag)
+
+
+def allowed(what: str, prediction: est.Estimate, tag: tuple, button: str) -> bool:
+    """True when ``prediction`` is within the app's budget or was confirmed; else the refusal or the question."""
+    decision = est.decide(prediction, est.APP_LIMITS, forced=tag in st.session_state.get(CONFIRMED, set()))
+    if decision.action == "refuse":
+        st.error(f"**{REFUSED}: {what}** {decision.reason}", icon=":material/block:")
+        return False
+    if decision.action == "confirm":
+        st.warning(f"**{CONFIRM}: {what}** {decision.reason}. It runs in the background, and moving a slider "
+                   f"stops it.", icon=":material/hourglass:")
+        st.button(button, key=f"confirm::{hash(tag)}", on_click=_confirm, args=(tag,), icon=":material/play_arrow:")
+        return False
+    return True
+
+
+def timings(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget,
+            point: resources.Point) -> tuple[PairedTiming | None, str | None]:
+    """The dense and factorised layers timed together, or why there is no timing."""
     settings = sel.latency
     if settings is None:
-        return None, None, None
-    need = guards.batch_bytes(stage_shapes, settings.batch, settings.dtype)
-    try:
-        guards.check_fits(f"Timing a batch of {settings.batch}", need, "Lower the batch in the latency settings.")
-    except guards.RequestTooLarge as exc:
-        st.warning(f"**Latency not measured**: {exc}", icon=":material/warning:")
-        return None, None, "batch too large"
-    dense = guards.attempt("Timing the dense layer", resources.dense_latency, key, settings, target, warn=True)
-    mine = guards.attempt("Timing the factorised layer", resources.latency, key, point, settings, target, warn=True)
-    return mine, dense, None if mine and dense else "could not be timed"
+        return None, None
+    tag = ("latency", key, point, settings)
+    if not allowed(f"timing a batch of {settings.batch}", estimate(sel, target, point, settings), tag,
+                   "Time it anyway"):
+        return None, "not measured (see above)"
+    pair = guards.attempt("Timing", resources.latency, key, point, settings, target, warn=True)
+    return pair, None if pair else "could not be timed"
 
 
 def comparison(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget, kcp_row: dict,
@@ -114,17 +153,28 @@ def live(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget) 
         r, k = sel.ranks
         point = sel.point("kcp", {"kt_rank": r, "cp_rank": k})
         st.subheader(f"KCP at KT rank R = {r}, CP rank K = {k}")
-    with st.spinner(f"Decomposing ({fmt.ranks(dict(point.ranks))})…"):
-        result = guards.attempt("Decomposition", resources.decomposition, key, point, target)
-        row = None if result is None else guards.attempt("Metrics", resources.metrics, key, point,
-                                                         sel.live_fidelity, target)
+    prediction = estimate(sel, target, point)
+    for warning in prediction.warnings():
+        st.caption(f":orange[:material/warning: This point has {warning}.]")
+    if not allowed(fmt.ranks(dict(point.ranks)), prediction, ("point", key, point, sel.live_fidelity),
+                   "Compute it anyway"):
+        return
+    # A message, not a spinner: if the run is stopped from the toolbar, this is what stays on the page.
+    waiting = st.empty()
+    waiting.info(f"Computing {fmt.ranks(dict(point.ranks))} in a worker process ({prediction.describe()}). Moving a "
+                 f"slider or Stop in the toolbar cancels it; rerun the page to start it again.",
+                 icon=":material/hourglass_top:")
+    result = guards.attempt("Decomposition", resources.decomposition, key, point, target)
+    row = None if result is None else guards.attempt("Metrics", resources.metrics, key, point,
+                                                     sel.live_fidelity, target)
+    waiting.empty()
     if result is None or row is None:
         return
     history = result.history if result.method == "kcp" else None
     stages = result.stages(target.in_hw, target.geometry, target.conv.bias is not None)
-    shapes = [s.in_shape for s in stages] + [s.out_shape for s in stages]
-    timing, dense, note = timings(sel, key, target, point, shapes)
-    cards.show(row, history=history, timing=timing, dense_timing=dense, images=target.images, latency_note=note)
+    pair, note = timings(sel, key, target, point)
+    cards.show(row, history=history, timing=pair.factorised if pair else None,
+               dense_timing=pair.dense if pair else None, images=target.images, latency_note=note, pair=pair)
     caption = st.empty()
     fit_contrast(sel, key, target, point, row)
     st.plotly_chart(diagram.structure(stages, f"The factorised layer: {len(stages)} layers at "
@@ -143,7 +193,7 @@ def live(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget) 
         help="Load it with kcp.export.load_layer(path): an nn.Module with this layer's stride, padding and bias.")
     if compare:
         comparison(sel, key, target, row, result.ranks)
-    notes = [cards.device_caption(timing), _fitted(result.info, target)]
+    notes = [cards.device_caption(pair.factorised if pair else None), _fitted(result.info, target)]
     decided = cards.spread(row)
     if decided:
         notes.append(f"Top-1: {decided}.")

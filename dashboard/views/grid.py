@@ -1,8 +1,8 @@
 """Rank grid: KCP over a KT x CP grid against the baselines, computed on request, cached on disk, exported.
 
-The sweep runs in this session's script; any click (the Cancel button, or any other widget) stops it at the
-next point or refinement sweep. Every finished point is already in kcp's on-disk cache, so pressing Compute
-again continues where it stopped.
+The sweep runs in a worker process (``resources.grid``); the Cancel button, or any other click, stops it (its
+worker is killed). Every finished point is already in kcp's on-disk cache, so pressing Compute again continues
+where it stopped.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ import time
 import pandas as pd
 import streamlit as st
 
-from dashboard.components import figures, guards, resources, sidebar
+from dashboard.components import figures, guards, resources, sidebar, workers
 from dashboard.components.layer import open_page
-from kcp.cache import ResultCache
 from kcp.kron import max_cp_rank, max_kt_rank
-from kcp.sweep import SweepConfig, sweep
-from kcp.target import LayerTarget
+from kcp.sweep import SweepConfig
 
 DEFAULT_GRID = (1, 2, 4, 8)
 MAX_POINTS = 100  # KCP points per request: past this a sweep takes far too long for an interactive page
@@ -37,9 +35,10 @@ def _cancel() -> None:
     job = st.session_state.get(JOB)
     if job is not None and job["state"] == "running":
         job["state"] = "cancelled"
+    workers.cancel("grid")
 
 
-def run(target: LayerTarget, config: SweepConfig, key: str) -> None:
+def run(target_key: resources.TargetKey, config: SweepConfig, key: str) -> None:
     """Compute the grid with a progress bar and a Cancel button; the rows land in this session's state."""
     job = {"key": key, "state": "running", "done": 0, "total": None, "rows": [], "config": {}, "seconds": 0.0}
     st.session_state[JOB] = job
@@ -49,18 +48,14 @@ def run(target: LayerTarget, config: SweepConfig, key: str) -> None:
         st.button("Cancel", key="grid_cancel", on_click=_cancel, icon=":material/stop_circle:",
                   help="Stops after the point being computed; finished points stay cached on disk.")
 
-        def progress(done: int, total: int, row: dict) -> None:
+        def progress(update: tuple[int, int, dict]) -> None:
+            done, total, row = update
             job.update(done=done, total=total)
             job["rows"].append(row)
             bar.progress(done / total, text=f"{done} of {total} points · {figures.point_label(row)} · "
                                             f"{time.perf_counter() - started:.1f} s")
 
-        def should_stop() -> bool:
-            # Reading session state also lets Streamlit stop this run at once when the user clicks anything.
-            return st.session_state.get(JOB, {}).get("state") != "running"
-
-        result = guards.attempt("Rank grid", sweep, target, config, cache=ResultCache(), progress=progress,
-                                should_stop=should_stop)
+        result = guards.attempt("Rank grid", resources.grid, target_key, config, progress)
         if result is None:
             job["state"] = "failed"
             status.update(label="The grid could not be computed", state="error")
@@ -155,10 +150,11 @@ def main() -> None:
     job = st.session_state.get(JOB)
     if job is not None and job["state"] == "running":
         job["state"] = "interrupted"  # a run that never finished: another click stopped it
+        workers.cancel("grid")
     if st.button("Compute grid", type="primary", icon=":material/play_arrow:", disabled=points > MAX_POINTS,
                  key="grid_compute",
                  help="Finished points are cached on disk: a repeat is instant and a stopped grid resumes."):
-        run(target, config, key_now)
+        run(key, config, key_now)
         job = st.session_state.get(JOB)
     if points > MAX_POINTS:
         st.error(f"**Request too large**: {points} KCP points (plus baselines) is over the {MAX_POINTS} this page "

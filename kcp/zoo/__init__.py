@@ -1,7 +1,7 @@
 """The model zoo: pretrained networks and their conv layers, real activations and network-level fidelity.
 
 Sources: torchvision ImageNet classifiers and CIFAR-10 ResNets (through the torch hub cache), the offline
-``digits-cnn`` trained by ``python -m kcp.zoo.train_digits`` (weights in ``assets/``), and user checkpoints.
+``digits-cnn`` trained by ``python -m kcp.zoo.train_digits`` (weights in ``kcp/assets/``), and user checkpoints.
 """
 
 from kcp.zoo.activations import get_conv, layer_batches, layer_inputs

@@ -46,14 +46,16 @@ def baseline_logits(loaded: LoadedModel, n: int | None = None) -> torch.Tensor:
     return cached.clone()
 
 
-def network_fidelity(loaded: LoadedModel, layer: str, module: nn.Module, n: int | None = None) -> Fidelity:
+def network_fidelity(loaded: LoadedModel, layer: str, module: nn.Module, n: int | None = None,
+                     batch: int | None = None) -> Fidelity:
     """Top-1 agreement (and accuracy, where labels exist) of the network with conv ``layer`` replaced by
-    ``module``, on the first ``n`` evaluation images (never the calibration ones). ``module`` is put in eval
-    mode; ``loaded.model`` is not changed."""
+    ``module``, on the first ``n`` evaluation images (never the calibration ones), at most ``batch`` at a time
+    (default: the family's batch). ``module`` is put in eval mode; ``loaded.model`` is not changed."""
     get_conv(loaded, layer)
     x, y = sample_images(loaded, n, "evaluation")
     base = baseline_logits(loaded, n)
-    out = logits(with_layer(loaded.model, layer, module.eval()), x, batch_size(loaded))
+    step = min(batch or batch_size(loaded), batch_size(loaded))
+    out = logits(with_layer(loaded.model, layer, module.eval()), x, step)
 
     def acc(z: torch.Tensor) -> float | None:
         return None if y is None else (z.argmax(1) == y).float().mean().item()

@@ -14,7 +14,8 @@ from kcp.zoo.digits import INPUT_SIZE as DIGITS_INPUT_SIZE
 from kcp.zoo.digits import DigitsCNN
 from kcp.zoo.errors import ZooError
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+# Package data: the offline digits model ships inside kcp, so `pip install .` carries it.
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_MODEL = "digits-cnn"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,7 +37,7 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One zoo entry. ``url`` is None for weights that ship in ``assets/`` (``file_name`` is then local)."""
+    """One zoo entry. ``url`` is None for weights that ship in ``kcp/assets/`` (``file_name`` is then local)."""
 
     name: str
     title: str

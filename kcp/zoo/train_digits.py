@@ -1,8 +1,8 @@
 """Train the offline default model on scikit-learn's digits: ``python -m kcp.zoo.train_digits``.
 
 Deterministic (fixed seeds, one thread, deterministic algorithms): rerunning it with the same torch
-build reproduces the weights bit for bit. Writes ``assets/digits_cnn.pt`` (a state dict, loadable with
-``weights_only=True``) and ``assets/digits_cnn.json`` (held-out accuracy, settings, sha256 of the weights).
+build reproduces the weights bit for bit. Writes ``kcp/assets/digits_cnn.pt`` (a state dict, loadable with
+``weights_only=True``) and ``kcp/assets/digits_cnn.json`` (held-out accuracy, settings, sha256 of the weights).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from dashboard.components import fmt, sidebar
 from dashboard.components.figures import METHOD_LABELS
 from dashboard.components.resources import layer_file
 from dashboard.components.sidebar import widget_key
-from kcp import zoo
+from kcp import estimate, zoo
 from kcp.budget import largest_within, rank_family
 from kcp.cache import ResultCache
 from kcp.evaluate import evaluate
@@ -158,7 +158,8 @@ def test_grid_computes_caches_and_matches_the_library(app: AppTest, conv4: Layer
     marker = next(t for t in heat["data"] if t.get("name") == "sliders")
     assert set(marker["x"]) == {"4"} and set(marker["y"]) == {"2"}
     cells = next(t for t in heat["data"] if t.get("name") == "cells")
-    assert cells["customdata"] == [[1, 2], [1, 4], [2, 2], [2, 4]]
+    assert [c for i, c in enumerate(cells["customdata"]) if c not in cells["customdata"][:i]] == \
+        [[1, 2], [1, 4], [2, 2], [2, 4]]
     assert [d.label for d in app.download_button] == ["Grid as CSV", "Grid as JSON"]
 
     # Back from another page: the result is still shown without computing again.
@@ -295,13 +296,33 @@ def test_activations_too_large_for_memory_are_refused(app: AppTest, monkeypatch:
     assert any("Request too large" in e.value and "fewer real images" in e.value for e in app.error)
 
 
-def test_latency_batch_too_large_for_memory_is_refused(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KCP_DASHBOARD_MAX_BYTES", str(64 * 2**20))
+# The explore page's refusal and question (dashboard/views/explore.py: REFUSED, CONFIRM).
+REFUSED, CONFIRM = "Not computed", "This point is heavy"
+
+
+def test_latency_batch_too_large_is_refused_with_its_estimate(app: AppTest) -> None:
     app.number_input(key=W("lat_batch")).set_value(1 << 16).run()
     assert not app.exception
-    assert any("Latency not measured" in w.value and "Lower the batch" in w.value for w in app.warning)
+    refusal = next(e.value for e in app.error if REFUSED in e.value)
+    assert "timing a batch of 65536" in refusal and "Lower the ranks, the images or the batch" in refusal
     assert cards(app)["Latency"] == "n/a"
     assert cards(app)["Kernel error"] != "n/a"
+
+
+def test_max_ranks_ask_first_and_run_only_when_confirmed(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    app.slider(key=KT).set_value(app.slider(key=KT).max).run()
+    app.slider(key=CP).set_value(app.slider(key=CP).max).run()
+    assert not app.exception
+    question = next(w.value for w in app.warning if CONFIRM in w.value)
+    assert "R=192" in question and "K=24" in question and "about" in question
+    assert any("the dense layer's parameters" in c.value for c in app.caption)
+    assert not app.metric  # nothing ran: no cards
+    # Past the hard ceiling (here: a tiny one) even a confirmation does not run it.
+    assert [b.label for b in app.button if (b.key or "").startswith("confirm::")] == ["Compute it anyway"]
+    monkeypatch.setattr(estimate, "APP_LIMITS", estimate.Limits(1.0, 2**20, 2.0, 2**30))
+    app.run()
+    assert any(REFUSED in e.value for e in app.error)
+    assert not [b for b in app.button if (b.key or "").startswith("confirm::")]
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])

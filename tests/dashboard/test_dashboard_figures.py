@@ -34,9 +34,38 @@ def test_heatmap_lays_out_kt_rows_and_cp_columns() -> None:
     assert isinstance(heat, go.Heatmap)
     assert list(heat.x) == ["1", "2", "4"] and list(heat.y) == ["1", "2"]
     assert [list(r) for r in heat.z] == [[1.0, 0.5, 0.25], [0.5, 0.25, 0.125]]
-    assert [list(c) for c in cells.customdata] == [[1, 1], [1, 2], [1, 4], [2, 1], [2, 2], [2, 4]]
+    assert _cells(cells) == [[1, 1], [1, 2], [1, 4], [2, 1], [2, 2], [2, 4]]
     assert set(marker.x) == {"4"} and set(marker.y) == {"2"}
     assert fig.layout.xaxis.title.text == "CP rank K" and fig.layout.yaxis.title.text == "KT rank R"
+
+
+def _cells(trace) -> list[list[int]]:
+    """The distinct [R, K] of the click targets, in order."""
+    seen: list[list[int]] = []
+    for c in map(list, trace.customdata):
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
+@pytest.mark.parametrize(("kt", "cp"), [((1, 2), (1, 2, 4)), ((1, 2, 3, 4), (1, 2, 4, 8)), (tuple(range(1, 21)),) * 2])
+def test_every_part_of_every_cell_is_a_click_target(kt, cp) -> None:
+    rows = [row("kcp", kt_rank=r, cp_rank=k, rel_error=0.5) for r in kt for k in cp]
+    cells = figures.heatmap(rows, "rel_error").data[1]
+    # Cells are [i - 1/2, i + 1/2] on the overlay axes; at the widest plot a cell spans PLOT_PX / n pixels.
+    px_x, px_y = figures.PLOT_PX[0] / len(cp), figures.PLOT_PX[1] / len(kt)
+    for j, r in enumerate(kt):
+        for i, k in enumerate(cp):
+            xs = sorted({x for x, c in zip(cells.x, cells.customdata) if list(c) == [r, k]})
+            ys = sorted({y for y, c in zip(cells.y, cells.customdata) if list(c) == [r, k]})
+            assert i - 0.5 < xs[0] and xs[-1] < i + 0.5 and j - 0.5 < ys[0] and ys[-1] < j + 0.5
+            # Markers (size TILE_PX + 4) centred at most TILE_PX apart, and within TILE_PX / 2 of each edge.
+            gaps = [(b - a) * px_x for a, b in zip([i - 0.5, *xs], [*xs, i + 0.5])]
+            assert max(gaps[1:-1], default=0) <= figures.TILE_PX + 1e-9
+            assert max(gaps[0], gaps[-1]) <= figures.TILE_PX / 2 + 1e-9
+            gaps = [(b - a) * px_y for a, b in zip([j - 0.5, *ys], [*ys, j + 0.5])]
+            assert max(gaps[1:-1], default=0) <= figures.TILE_PX + 1e-9
+            assert max(gaps[0], gaps[-1]) <= figures.TILE_PX / 2 + 1e-9
 
 
 def test_heatmap_leaves_holes_for_missing_points_and_hides_an_off_grid_marker() -> None:

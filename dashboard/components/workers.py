@@ -1,0 +1,78 @@
+"""The app's heavy work runs in kcp's worker processes, never in the Streamlit server.
+
+One :class:`kcp.workers.WorkerPool` per server (``st.cache_resource``): as many workers as cores, one torch thread
+each. Every job belongs to the browser session that asked for it; within a session a ``slot`` (the live point,
+the latency figure, the grid...) holds one job, so a newer request stops the older one. The toolbar's Stop
+stops the session's job, and a session whose tab closed loses its jobs within a second
+(``Runtime.is_active_session``). While it waits, the script touches session state every few milliseconds:
+that is where Streamlit delivers a rerun or a stop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+import streamlit as st
+import torch
+from streamlit.runtime import Runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+from kcp.workers import WorkerPool, cpu_share
+
+# The server itself does little torch work (capturing a layer's activations once): one thread, so that it never
+# competes with the workers for the cores.
+torch.set_num_threads(1)
+
+T = TypeVar("T")
+WORKERS_ENV = "KCP_DASHBOARD_WORKERS"
+WAIT_SECONDS = 0.02
+
+
+def _session_alive(session_id: str) -> bool:
+    if not Runtime.exists() or not session_id:
+        return True  # no server (AppTest, a bare script): nobody to lose
+    return Runtime.instance().is_active_session(session_id)
+
+
+@st.cache_resource(show_spinner=False)
+def pool() -> WorkerPool:
+    """The server's worker pool: ``$KCP_DASHBOARD_WORKERS`` workers (default: the cores), one thread each."""
+    workers = int(os.environ.get(WORKERS_ENV, cpu_share()))
+    return WorkerPool(max(1, workers), threads=1, max_queued=64, alive=_session_alive)
+
+
+def session_id() -> str:
+    """This browser session's id ("" outside a Streamlit run)."""
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return ctx.session_id if ctx is not None else ""
+
+
+def run(fn: Callable[..., T], *args, slot: str, key: Hashable, progress: Callable[[Any], None] | None = None,
+        **kwargs) -> T:
+    """``fn(*args, **kwargs)`` in a worker as this session's ``slot`` job, waiting for it here.
+
+    A rerun (a slider moved) leaves the job running: the next request either joins it (same ``key``) or
+    supersedes it. A stop (the toolbar) cancels it. Raises the job's own exception, or
+    ``kcp.workers.JobCancelled``.
+    """
+    jobs = pool()
+    job = jobs.submit(fn, *args, owner=session_id(), slot=slot, key=key, progress=progress is not None, **kwargs)
+    seen = None
+    try:
+        while not job.wait(WAIT_SECONDS):
+            st.session_state.get("_kcp_yield")  # where Streamlit raises a pending rerun or stop
+            if progress is not None and job.progress is not None and job.progress is not seen:
+                seen = job.progress
+                progress(seen)
+    except StopException:
+        jobs.cancel(job, "stopped from the app")
+        raise
+    return job.outcome()
+
+
+def cancel(slot: str) -> int:
+    """Stop this session's job in ``slot`` (a Cancel button); returns how many were stopped."""
+    return pool().cancel_owner(session_id(), "cancelled from the app", slot=slot)

@@ -1,0 +1,275 @@
+"""Time and peak memory of a request before it runs, and whether to run it, ask first, or refuse.
+
+A request is one decomposition of one layer with what is measured on it: output error on N real images,
+network top-1 on them, latency at a batch. Everything is predicted from the kernel's shape, the ranks, the
+images and the batch, with constants calibrated on this project's machine (2-core AMD EPYC, one thread per
+job, other jobs running: the figures lean pessimistic; ``bench/bench_estimate.py`` re-measures them against
+these predictions). The app and the CLI both decide with :func:`decide`: past a budget they ask first (the CLI:
+``--force``), past a hard ceiling they refuse with the reason.
+
+Evaluation runs in chunks of images whose intermediate tensors stay within ``CHUNK_BYTES``
+(:func:`images_per_chunk`), so a huge module (R = 192, K = 24 on a 64-channel layer: 110,592 middle channels)
+costs time, not memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kcp import costs
+from kcp.decompose.validate import check_rank
+from kcp.geometry import ConvGeometry
+from kcp.kron import FactorShape, max_cp_rank, max_kt_rank
+from kcp.latency import DTYPES, LatencySettings
+
+# Calibration (bench/results/estimate_calibration_cpu.json, one torch thread on a busy 2-core EPYC):
+# KCP refinement sweep = SWEEP_BASE + SWEEP_PER_WEIGHT |W| + SWEEP_RK2 (RK)^2 + SWEEP_RK3 (RK)^3 seconds,
+# two-stage KCP = TWO_STAGE_BASE + TWO_STAGE_PER_WEIGHT |W| + TWO_STAGE_PER_TERM R (1 + K / 16) seconds.
+SWEEP_BASE, SWEEP_PER_WEIGHT, SWEEP_RK2, SWEEP_RK3 = 0.02, 2e-7, 3e-6, 4e-9
+TWO_STAGE_BASE, TWO_STAGE_PER_WEIGHT, TWO_STAGE_PER_TERM = 0.3, 8e-6, 0.03
+# Baselines (CP-ALS, Tucker-2 HOSVD, truncated SVDs): per weight and per weight x rank.
+BASELINE_BASE, BASELINE_PER_WEIGHT_RANK = 0.1, 2e-8
+# Running modules: multiply-accumulates per second, and tensor elements written per second (thin layers with
+# many channels are bound by memory traffic, not arithmetic).
+MAC_RATE = 1.0e9
+ELEMENT_RATE = 3.0e8
+# Intermediate tensors of one chunk of images during evaluation.
+CHUNK_BYTES = 256 * 2**20
+FLOAT32 = 4
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Past ``budget_*`` a request needs a confirmation; past ``max_*`` it is refused (``max_bytes`` is also
+    capped at half the memory free when it is checked)."""
+
+    budget_seconds: float
+    budget_bytes: int
+    max_seconds: float
+    max_bytes: int
+
+
+# The live app: a point should take seconds; minutes need a yes; a quarter of an hour is refused.
+APP_LIMITS = Limits(budget_seconds=15.0, budget_bytes=1 * GiB, max_seconds=900.0, max_bytes=4 * GiB)
+# The command line: sweeps legitimately take minutes; --force lifts the budget, never the ceiling.
+CLI_LIMITS = Limits(budget_seconds=1800.0, budget_bytes=2 * GiB, max_seconds=6 * 3600.0, max_bytes=4 * GiB)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Predicted seconds and peak bytes of a request, with its costs next to the dense layer's."""
+
+    seconds: float
+    peak_bytes: int
+    params: int
+    dense_params: int
+    macs: int
+    dense_macs: int
+    parts: dict[str, float] = field(default_factory=dict)  # seconds per phase: decompose, evaluate, latency
+
+    @property
+    def larger_than_dense(self) -> bool:
+        return self.params > self.dense_params
+
+    @property
+    def costlier_than_dense(self) -> bool:
+        return self.macs > self.dense_macs
+
+    def describe(self) -> str:
+        """'about 40 s and 1.2 GB (decompose 14 s, evaluate 26 s)'."""
+        parts = ", ".join(f"{k} {_seconds(v)}" for k, v in self.parts.items() if v >= 0.05)
+        return f"about {_seconds(self.seconds)} and {_bytes(self.peak_bytes)}" + (f" ({parts})" if parts else "")
+
+    def warnings(self) -> list[str]:
+        """What makes this point worse than keeping the dense layer."""
+        notes = []
+        if self.larger_than_dense:
+            notes.append(f"{self.params / self.dense_params:.1f}x the dense layer's parameters")
+        if self.costlier_than_dense:
+            notes.append(f"{self.macs / self.dense_macs:.1f}x the dense layer's MACs")
+        return notes
+
+    def __add__(self, other: Estimate) -> Estimate:
+        parts = {k: self.parts.get(k, 0.0) + other.parts.get(k, 0.0) for k in {**self.parts, **other.parts}}
+        return Estimate(self.seconds + other.seconds, max(self.peak_bytes, other.peak_bytes),
+                        max(self.params, other.params), self.dense_params, max(self.macs, other.macs),
+                        self.dense_macs, parts)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``action`` is "run", "confirm" (past the budget) or "refuse" (past the ceiling); ``reason`` says why."""
+
+    action: str
+    reason: str
+    estimate: Estimate
+
+
+def available_memory() -> int:
+    """Bytes the kernel says are available now (MemAvailable), or 8 GiB where it cannot say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * GiB
+
+
+def decide(estimate: Estimate, limits: Limits, *, forced: bool = False) -> Decision:
+    """Run, ask first, or refuse: the ceiling binds even when ``forced``; the budget only when not."""
+    max_bytes = min(limits.max_bytes, available_memory() // 2)
+    what = estimate.describe()
+    if estimate.peak_bytes > max_bytes:
+        return Decision("refuse", f"this would need {what}: over the {_bytes(max_bytes)} of memory one request may "
+                                  f"take here. Lower the ranks, the images or the batch.", estimate)
+    if estimate.seconds > limits.max_seconds:
+        return Decision("refuse", f"this would take {what}: over the {_seconds(limits.max_seconds)} one request may "
+                                  f"take here. Lower the ranks, the images or the batch.", estimate)
+    over = []
+    if estimate.seconds > limits.budget_seconds:
+        over.append(f"{_seconds(limits.budget_seconds)}")
+    if estimate.peak_bytes > limits.budget_bytes:
+        over.append(f"{_bytes(limits.budget_bytes)}")
+    if over and not forced:
+        return Decision("confirm", f"this would take {what}, over the usual {' and '.join(over)}", estimate)
+    return Decision("run", f"estimated {what}", estimate)
+
+
+def per_image_bytes(stages: Sequence[costs.Stage]) -> int:
+    """Bytes one image holds while a module runs and its output is compared in float64: the widest stage's input
+    and output in float32, and the final output twice in float64 (candidate and reference)."""
+    widest = max((math.prod(s.in_shape) + math.prod(s.out_shape) for s in stages), default=0)
+    return FLOAT32 * widest + 16 * math.prod(stages[-1].out_shape) if stages else 0
+
+
+def images_per_chunk(stages: Sequence[costs.Stage], chunk_bytes: int = CHUNK_BYTES, most: int = 512) -> int:
+    """How many images one evaluation chunk may hold so that its tensors stay within ``chunk_bytes``."""
+    return max(1, min(most, chunk_bytes // max(per_image_bytes(stages), 1)))
+
+
+def decompose_seconds(method: str, kernel_shape: tuple[int, int, int, int], ranks: dict[str, int],
+                      refine_sweeps: int = 60) -> float:
+    """Predicted seconds of one decomposition (the most refinement sweeps counted: an upper estimate)."""
+    weights = math.prod(kernel_shape)
+    if method == "dense":
+        return 0.0
+    if method == "kcp":
+        from kcp.decompose.refine import JOINT_LIMIT
+
+        r, k = ranks["kt_rank"], ranks["cp_rank"]
+        rk = r * k
+        two_stage = TWO_STAGE_BASE + TWO_STAGE_PER_WEIGHT * weights + TWO_STAGE_PER_TERM * r * (1 + k / 16)
+        sweeps = refine_sweeps if rk <= JOINT_LIMIT else 0
+        sweep = SWEEP_BASE + SWEEP_PER_WEIGHT * weights + SWEEP_RK2 * rk**2 + SWEEP_RK3 * rk**3
+        return two_stage + sweeps * sweep
+    rank = max(ranks.values(), default=1)
+    return BASELINE_BASE + BASELINE_PER_WEIGHT_RANK * weights * rank
+
+
+def run_seconds(stages: Sequence[costs.Stage], images: int) -> float:
+    """Predicted seconds to run a module over ``images`` images: its MACs and the elements it writes."""
+    macs = sum(s.macs for s in stages)
+    elements = sum(math.prod(s.out_shape) for s in stages)
+    return images * (macs / MAC_RATE + elements / ELEMENT_RATE)
+
+
+def latency_seconds(stages: Sequence[costs.Stage], dense: Sequence[costs.Stage], settings: LatencySettings) -> float:
+    """Predicted seconds of a paired latency measurement (at most ``MAX_ROUNDS_FACTOR * runs`` rounds)."""
+    from kcp.latency import MAX_ROUNDS_FACTOR
+
+    calls = settings.warmup + 1 + MAX_ROUNDS_FACTOR * settings.runs
+    both = run_seconds(stages, settings.batch) + run_seconds(dense, settings.batch)
+    return calls * both + 2 * settings.min_run_time * MAX_ROUNDS_FACTOR
+
+
+def latency_bytes(stages: Sequence[costs.Stage], dense: Sequence[costs.Stage], settings: LatencySettings) -> int:
+    """Peak bytes of a timed batch: the widest stage's input and output of either module, at the dtype's size."""
+    size = DTYPES[settings.dtype].itemsize
+    widest = max(math.prod(s.in_shape) + math.prod(s.out_shape) for s in [*stages, *dense])
+    return settings.batch * widest * size
+
+
+def estimate(
+    method: str,
+    kernel_shape: tuple[int, int, int, int],
+    ranks: dict[str, int],
+    in_hw: tuple[int, int],
+    *,
+    geometry: ConvGeometry | None = None,
+    factor_shape: FactorShape | None = None,
+    refine_sweeps: int = 60,
+    images: int = 0,
+    network_macs: int = 0,
+    latency: LatencySettings | None = None,
+    channel_path: str = "layered",
+) -> Estimate:
+    """Seconds and peak bytes of decomposing one layer at ``ranks`` and measuring it: output error on ``images``
+    images, the network on them where ``network_macs`` (per image, the rest of the network) is given, latency
+    where ``latency`` is. Known before anything runs."""
+    if method == "kcp" and factor_shape is not None:
+        check_rank("kt_rank", ranks["kt_rank"], max_kt_rank(factor_shape), f"the largest for {factor_shape}")
+        check_rank("cp_rank", ranks["cp_rank"], max_cp_rank(factor_shape), f"the largest for {factor_shape}")
+    stages = costs.stages(method, kernel_shape, ranks, in_hw, geometry, factor_shape, False, channel_path)
+    dense = costs.stages("dense", kernel_shape, {}, in_hw, geometry)
+    parts = {"decompose": decompose_seconds(method, kernel_shape, ranks, refine_sweeps), "evaluate": 0.0,
+             "latency": 0.0}
+    weights = math.prod(kernel_shape)
+    rk = ranks.get("kt_rank", 1) * ranks.get("cp_rank", 1) if method == "kcp" else max(ranks.values(), default=1)
+    peak = 16 * weights * (4 + ranks.get("kt_rank", 1)) + 8 * 8 * rk**2
+    if images:
+        module = run_seconds(stages, images)
+        parts["evaluate"] = module + run_seconds(dense, images)
+        if network_macs:
+            parts["evaluate"] += module + images * network_macs / MAC_RATE
+        peak = max(peak, min(images, images_per_chunk(stages)) * per_image_bytes(stages))
+    if latency is not None:
+        parts["latency"] = latency_seconds(stages, dense, latency)
+        peak = max(peak, latency_bytes(stages, dense, latency))
+    return Estimate(seconds=sum(parts.values()), peak_bytes=int(peak),
+                    params=sum(s.params for s in stages), dense_params=weights,
+                    macs=sum(s.macs for s in stages), dense_macs=sum(s.macs for s in dense), parts=parts)
+
+
+def grid(
+    kernel_shape: tuple[int, int, int, int],
+    kt_ranks: Sequence[int],
+    cp_ranks: Sequence[int],
+    in_hw: tuple[int, int],
+    *,
+    baselines: int = 0,
+    latency: LatencySettings | None = None,
+    **options,
+) -> Estimate:
+    """A KCP grid with ``baselines`` baselines at each point's budget (each costs about what the point's evaluation
+    costs) and the dense row; ``options`` as for :func:`estimate`."""
+    total = estimate("dense", kernel_shape, {}, in_hw, geometry=options.get("geometry"), latency=latency)
+    for r in kt_ranks:
+        for k in cp_ranks:
+            point = estimate("kcp", kernel_shape, {"kt_rank": r, "cp_rank": k}, in_hw, latency=latency, **options)
+            extra = (point.parts["evaluate"] + point.parts["latency"]) * baselines
+            total = total + point + Estimate(extra, 0, 0, point.dense_params, 0, point.dense_macs, {"baselines": extra})
+    return total
+
+
+def _seconds(s: float) -> str:
+    if s < 1:
+        return f"{s:.1f} s"
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+

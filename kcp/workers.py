@@ -1,0 +1,312 @@
+"""Worker processes that run heavy jobs outside the caller's process, and can be stopped mid-job.
+
+A :class:`WorkerPool` owns a few processes (``spawn`` context, ``threads`` torch threads each, so the pool
+never asks for more cores than it was given). Jobs are any picklable function and arguments, e.g. the ones in
+:mod:`kcp.jobs`. The queue is bounded; owners (a dashboard session, say) share the workers fairly: an owner
+with a job running waits behind owners with none. A job submitted into an owner's ``slot`` supersedes that
+slot's older job: a queued one is dropped, a running one is stopped by killing its worker, which is replaced
+at once. A worker that dies (the kernel's OOM killer, a crash) fails its job with the reason and is replaced;
+the caller's process is never at risk. ``alive(owner)`` is polled so that jobs of owners that went away
+(a closed browser tab) are stopped too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_for
+from typing import Any
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+POLL_SECONDS = 0.02
+ALIVE_EVERY_SECONDS = 1.0
+
+
+class QueueFull(ValueError):
+    """The pool's queue is at its bound: the request is refused, not queued."""
+
+
+class JobCancelled(Exception):
+    """The job was superseded, stopped, or its owner went away before it finished."""
+
+
+class WorkerDied(RuntimeError):
+    """The worker process running the job ended without an answer (killed for memory, crashed)."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One submitted call. ``state`` moves queued -> running -> done | failed | cancelled."""
+
+    id: int
+    owner: str
+    slot: str | None
+    key: Hashable
+    fn: Callable[..., Any]
+    args: tuple
+    kwargs: dict
+    wants_progress: bool = False
+    state: str = "queued"
+    result: Any = None
+    error: BaseException | None = None
+    progress: Any = None
+    submitted: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    pid: int | None = None
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the job has finished (in any way) within ``timeout`` seconds."""
+        return self._done.wait(timeout)
+
+    def outcome(self) -> Any:
+        """The result; raises the job's own exception, :class:`JobCancelled` or :class:`WorkerDied`."""
+        self._done.wait()
+        if self.state == "cancelled":
+            raise JobCancelled(self.error or "stopped")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _worker_main(conn, threads: int) -> None:
+    """A worker's loop: receive a job, run it, send back its result or its exception (picklable or not)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the parent's terminal is the parent's to handle
+    import torch
+
+    torch.set_num_threads(threads)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        job_id, fn, args, kwargs, wants_progress = message
+        if wants_progress:
+            kwargs = {**kwargs, "progress": lambda payload, _id=job_id: conn.send(("progress", _id, payload))}
+        try:
+            reply = ("done", job_id, fn(*args, **kwargs))
+        except BaseException as exc:  # everything goes back to the caller, who decides
+            reply = ("error", job_id, exc)
+        try:
+            conn.send(reply)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            conn.send(("error", job_id, RuntimeError(f"the job's answer could not be sent back: {exc}")))
+
+
+class _Worker:
+    def __init__(self, context, threads: int) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, threads), daemon=True,
+                                       name="kcp-worker")
+        self.process.start()
+        child.close()
+        self.job: Job | None = None
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
+class WorkerPool:
+    """``workers`` processes with ``threads`` torch threads each, at most ``max_queued`` jobs waiting."""
+
+    def __init__(self, workers: int = 2, *, threads: int = 1, max_queued: int = 32,
+                 alive: Callable[[str], bool] | None = None, context: str = "spawn") -> None:
+        if workers < 1 or threads < 1 or max_queued < 1:
+            raise ValueError(f"workers, threads and max_queued must be >= 1, got {workers}, {threads}, {max_queued}")
+        self.threads, self.max_queued, self.alive = threads, max_queued, alive
+        self._context = mp.get_context(context)
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._queue: list[Job] = []
+        self._workers = [_Worker(self._context, threads) for _ in range(workers)]
+        self._closed = False
+        self._last_alive_check = 0.0
+        self._thread = threading.Thread(target=self._loop, name="kcp-worker-pool", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side -------------------------------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], *args, owner: str = "", slot: str | None = None,
+               key: Hashable = None, progress: bool = False, **kwargs) -> Job:
+        """Queue ``fn(*args, **kwargs)``. In a ``slot``, a job with the same ``key`` still in flight is returned
+        instead of a new one, and any other job of that owner's slot is cancelled. With ``progress`` the
+        function gets a ``progress(payload)`` keyword whose latest payload shows in ``job.progress``."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker pool is closed")
+            if slot is not None:
+                for job in self._in_flight(owner, slot):
+                    if key is not None and job.key == key:
+                        return job
+                    self._cancel(job, "superseded by a newer request")
+            if len(self._queue) >= self.max_queued:
+                raise QueueFull(f"the server is busy: {len(self._queue)} requests are waiting already. Try again "
+                                f"in a moment.")
+            job = Job(next(self._ids), owner, slot, key, fn, args, kwargs, progress)
+            self._queue.append(job)
+            return job
+
+    def cancel(self, job: Job, reason: str = "stopped") -> None:
+        """Stop ``job``: drop it from the queue, or kill its worker (replaced at once) if it is running."""
+        with self._lock:
+            self._cancel(job, reason)
+
+    def cancel_owner(self, owner: str, reason: str = "its session ended", slot: str | None = None) -> int:
+        """Stop every job of ``owner`` (in ``slot`` only, if given); returns how many were stopped."""
+        with self._lock:
+            jobs = [j for j in self._all_jobs() if j.owner == owner and slot in (None, j.slot)]
+            for job in jobs:
+                self._cancel(job, reason)
+            return len(jobs)
+
+    def jobs(self) -> list[Job]:
+        """The jobs queued or running now."""
+        with self._lock:
+            return self._all_jobs()
+
+    def pids(self) -> list[int]:
+        """Process ids of the workers (they change when a worker is killed and replaced)."""
+        with self._lock:
+            return [w.process.pid for w in self._workers]
+
+    def close(self) -> None:
+        """Stop every job and end the workers."""
+        with self._lock:
+            self._closed = True
+            for job in self._all_jobs():
+                self._cancel(job, "the pool closed", replace=False)
+            for worker in self._workers:
+                worker.kill()
+        self._thread.join(timeout=5)
+
+    # -- inside, under the lock -------------------------------------------------------------------------------
+    def _all_jobs(self) -> list[Job]:
+        return [*self._queue, *(w.job for w in self._workers if w.job is not None)]
+
+    def _in_flight(self, owner: str, slot: str) -> list[Job]:
+        return [j for j in self._all_jobs() if j.owner == owner and j.slot == slot]
+
+    def _finish(self, job: Job, state: str, result: Any = None, error: BaseException | None = None) -> None:
+        job.state, job.result, job.error = state, result, error
+        job._done.set()
+
+    def _cancel(self, job: Job, reason: str, replace: bool = True) -> None:
+        if job.finished:
+            return
+        if job in self._queue:
+            self._queue.remove(job)
+        for i, worker in enumerate(self._workers):
+            if worker.job is job:
+                worker.kill()
+                if replace:
+                    self._workers[i] = _Worker(self._context, self.threads)
+                else:
+                    worker.job = None
+        self._finish(job, "cancelled", error=JobCancelled(reason))
+
+    def _next_job(self) -> Job | None:
+        """The oldest queued job of the owner with the fewest jobs running (a fair share of the workers)."""
+        if not self._queue:
+            return None
+        running: dict[str, int] = {}
+        for w in self._workers:
+            if w.job is not None:
+                running[w.job.owner] = running.get(w.job.owner, 0) + 1
+        return min(self._queue, key=lambda j: (running.get(j.owner, 0), j.submitted, j.id))
+
+    def _dispatch(self) -> None:
+        for worker in self._workers:
+            if worker.job is not None:
+                continue
+            job = self._next_job()
+            if job is None:
+                return
+            self._queue.remove(job)
+            try:
+                worker.conn.send((job.id, job.fn, job.args, job.kwargs, job.wants_progress))
+            except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                self._finish(job, "failed", error=TypeError(f"the job cannot be sent to a worker: {exc}"))
+                continue
+            worker.job, job.state, job.started, job.pid = job, "running", time.monotonic(), worker.process.pid
+
+    def _check_owners(self) -> None:
+        now = time.monotonic()
+        if self.alive is None or now - self._last_alive_check < ALIVE_EVERY_SECONDS:
+            return
+        self._last_alive_check = now
+        for owner in {j.owner for j in self._all_jobs()}:
+            if not self.alive(owner):
+                for job in [j for j in self._all_jobs() if j.owner == owner]:
+                    self._cancel(job, "its session ended")
+
+    def _receive(self, worker: _Worker) -> bool:
+        """Handle one message; False when the pipe has ended (the process died: ``_reap`` handles it)."""
+        try:
+            kind, job_id, payload = worker.conn.recv()
+        except (EOFError, OSError):
+            return False
+        except Exception as exc:  # an answer that cannot be unpickled here
+            kind, job_id, payload = "error", worker.job.id if worker.job else -1, RuntimeError(str(exc))
+        job = worker.job
+        if job is None or job.id != job_id:
+            return True
+        if kind == "progress":
+            job.progress = payload
+            return True
+        worker.job = None
+        if kind == "done":
+            self._finish(job, "done", result=payload)
+        else:
+            self._finish(job, "failed", error=payload)
+        return True
+
+    def _reap(self) -> None:
+        for i, worker in enumerate(self._workers):
+            if worker.process.is_alive():
+                continue
+            code = worker.process.exitcode
+            job = worker.job
+            worker.kill()
+            self._workers[i] = _Worker(self._context, self.threads)
+            if job is not None:
+                why = "killed (probably out of memory)" if code == -signal.SIGKILL else f"exit code {code}"
+                self._finish(job, "failed", error=WorkerDied(f"the worker process running this ended: {why}"))
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                self._check_owners()
+                self._reap()
+                self._dispatch()
+                busy = {w.conn: w for w in self._workers if w.job is not None}
+            ready = wait_for(list(busy), timeout=POLL_SECONDS) if busy else time.sleep(POLL_SECONDS)
+            with self._lock:
+                for conn in ready or ():
+                    worker = busy[conn]
+                    if worker in self._workers and not conn.closed:
+                        while not conn.closed and conn.poll() and self._receive(worker):
+                            pass
+
+
+def cpu_share() -> int:
+    """Cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,96 @@
+"""The worker pool: results and errors come back, a superseded or stopped job's process is killed (and replaced),
+a dead worker fails its job with the reason, the queue is bounded, owners share the workers fairly."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import pytest
+
+from kcp.workers import JobCancelled, QueueFull, WorkerDied, WorkerPool
+
+
+def _running(job, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while job.state != "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return job.state == "running"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as f:  # a zombie not yet reaped by its parent counts as gone
+        return f.read().split()[2] == "Z"
+
+
+# Every kill respawns a worker (a fresh interpreter importing torch): seconds each on a busy machine.
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pool():
+    owners = {"gone": False}
+    p = WorkerPool(2, threads=1, max_queued=4, alive=lambda owner: owners.get(owner, True))
+    p.owners = owners
+    yield p
+    p.close()
+
+
+def test_results_and_errors_come_back(pool):
+    assert pool.submit(math.factorial, 10).outcome() == 3628800
+    with pytest.raises(ValueError, match="math domain error"):
+        pool.submit(math.sqrt, -1.0).outcome()
+
+
+def test_a_superseded_job_is_killed_not_finished(pool):
+    slow = pool.submit(time.sleep, 60, owner="a", slot="live", key="slow")
+    assert _running(slow)
+    pid = slow.pid
+    same = pool.submit(time.sleep, 60, owner="a", slot="live", key="slow")
+    assert same is slow  # the same request again joins the job in flight
+    started = time.monotonic()
+    newer = pool.submit(math.factorial, 5, owner="a", slot="live", key="new")
+    assert slow.wait(5) and slow.state == "cancelled"
+    with pytest.raises(JobCancelled, match="superseded"):
+        slow.outcome()
+    assert newer.outcome() == 120
+    assert time.monotonic() - started < 30 and _gone(pid) and pid not in pool.pids()
+    assert len(pool.pids()) == 2
+
+
+def test_a_dead_worker_fails_its_job_and_is_replaced(pool):
+    job = pool.submit(os._exit, 3)
+    with pytest.raises(WorkerDied, match="exit code 3"):
+        job.outcome()
+    assert pool.submit(math.factorial, 3).outcome() == 6
+
+
+def test_jobs_of_an_owner_that_went_away_are_stopped(pool):
+    job = pool.submit(time.sleep, 60, owner="gone")
+    assert _running(job)
+    pool.owners["gone"] = True  # still here
+    time.sleep(1.5)
+    assert job.state == "running"
+    pool.owners["gone"] = False
+    assert job.wait(5) and job.state == "cancelled"
+
+
+def test_the_queue_is_bounded_and_owners_share_the_workers(pool):
+    hogs = [pool.submit(time.sleep, 60, owner="hog") for _ in range(2)]
+    assert _running(hogs[0])
+    waiting = [pool.submit(time.sleep, 60, owner="hog") for _ in range(1)]
+    other = pool.submit(math.factorial, 4, owner="polite")
+    # Both workers are busy; the polite owner's job is next in line even though the hog queued first.
+    pool.cancel(hogs[1])
+    assert other.outcome() == 24
+    assert waiting[0].started is None or other.started <= waiting[0].started
+    more = [pool.submit(time.sleep, 60, owner="hog") for _ in range(3)]
+    with pytest.raises(QueueFull, match="busy"):
+        pool.submit(time.sleep, 60, owner="hog")
+    assert pool.cancel_owner("hog") == 1 + 1 + len(more)
+    assert all(j.state == "cancelled" for j in [*hogs, *waiting, *more])
