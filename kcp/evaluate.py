@@ -10,6 +10,7 @@ from kcp.decompose import Decomposition
 from kcp.latency import LatencySettings, measure
 from kcp.metrics import output_error as layer_output_error
 from kcp.modules import to_module
+from kcp.schema import make_row
 from kcp.target import LayerTarget
 
 
@@ -34,26 +35,25 @@ def evaluate(
 ) -> dict[str, Any]:
     """Costs, kernel error, output error on the layer's real activations, network fidelity and latency.
 
+    The row has the columns of :data:`kcp.schema.ROW`.
+
     Metrics that the target cannot give (no activations, no network) or that were not asked for are None;
     ``dense_accuracy`` is the unchanged network's accuracy on the same labelled images.
     """
     ranks = result.ranks
     kcp_path = channel_path if result.method == "kcp" else "layered"
-    row: dict[str, Any] = {
-        "model": target.model, "layer": target.name, "method": result.method,
-        "kt_rank": ranks.get("kt_rank"), "cp_rank": ranks.get("cp_rank"),
-        "rank": ranks.get("rank", ranks.get("kt_rank", ranks.get("out_rank"))),
-        "in_rank": ranks.get("in_rank"), "out_rank": ranks.get("out_rank"),
-        "factors": str(result.factor_shape) if result.factor_shape else "",
-        "placement": result.placement or "",
-        "params": result.params(), "dense_params": target.dense_params(), "compression": result.compression(),
-        "macs": result.macs(target.in_hw, target.geometry, kcp_path), "dense_macs": target.dense_macs(),
-        "rel_error": result.rel_error, "output_rel_error": None, "top1_agreement": None, "accuracy": None,
-        "dense_accuracy": None,
-        "latency_ms": None, "dense_latency_ms": dense_latency_ms, "device": None,
-        "seconds": None if seconds is None else round(seconds, 4), "sweeps": result.info.get("sweeps"),
-        "warm_start": bool(result.info.get("warm_start", False)),
-    }
+    row = make_row(
+        model=target.model, layer=target.name, method=result.method,
+        kt_rank=ranks.get("kt_rank"), cp_rank=ranks.get("cp_rank"),
+        rank=ranks.get("rank", ranks.get("kt_rank", ranks.get("out_rank"))),
+        in_rank=ranks.get("in_rank"), out_rank=ranks.get("out_rank"),
+        factors=str(result.factor_shape) if result.factor_shape else "", placement=result.placement or "",
+        params=result.params(), dense_params=target.dense_params(), compression=result.compression(),
+        macs=result.macs(target.in_hw, target.geometry, kcp_path), dense_macs=target.dense_macs(),
+        rel_error=result.rel_error, dense_latency_ms=dense_latency_ms,
+        seconds=None if seconds is None else round(seconds, 4), sweeps=result.info.get("sweeps"),
+        warm_start=bool(result.info.get("warm_start", False)),
+    )
     module = module_for(target, result, channel_path)
     if output_error and target.inputs is not None:
         row["output_rel_error"] = layer_output_error(target.conv, module, target.inputs)

@@ -20,20 +20,13 @@ import torch
 
 from kcp.budget import BUDGET_KINDS, largest_within
 from kcp.cache import ResultCache, cache_key
-from kcp.costs import METHODS as ALL_METHODS
 from kcp.decompose import Decomposition, decompose, kcp
 from kcp.evaluate import evaluate
 from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import LatencySettings, measure
+from kcp.methods import BASELINES, DECOMPOSITIONS, METHODS
+from kcp.schema import COLUMNS
 from kcp.target import LayerTarget
-
-BASELINES = ("kt", "cp", "tucker2", "svd")
-COLUMNS = (
-    "model", "layer", "method", "kt_rank", "cp_rank", "rank", "in_rank", "out_rank", "factors", "placement",
-    "params", "dense_params", "compression", "macs", "dense_macs", "rel_error", "output_rel_error",
-    "top1_agreement", "accuracy", "dense_accuracy", "latency_ms", "dense_latency_ms", "device", "seconds", "sweeps",
-    "warm_start", "matched_to",
-)
 
 
 class SweepCancelled(Exception):
@@ -46,7 +39,7 @@ class SweepConfig:
 
     kt_ranks: tuple[int, ...]
     cp_ranks: tuple[int, ...]
-    methods: tuple[str, ...] = ("kcp", *BASELINES)
+    methods: tuple[str, ...] = DECOMPOSITIONS
     factors: tuple[int, int, int, int] | None = None
     placement: str = "split"
     refine_sweeps: int = 60
@@ -61,9 +54,9 @@ class SweepConfig:
 
     def check(self, shape: FactorShape) -> None:
         """Refuse ranks past the layer's largest meaningful ones, unknown methods and budgets."""
-        unknown = [m for m in self.methods if m not in ALL_METHODS or m == "dense"]
+        unknown = [m for m in self.methods if m not in DECOMPOSITIONS]
         if unknown or not self.methods:
-            raise ValueError(f"unknown methods {unknown}: choose from {', '.join(('kcp', *BASELINES))}")
+            raise ValueError(f"unknown methods {unknown}: choose from {', '.join(DECOMPOSITIONS)}")
         if self.match not in BUDGET_KINDS:
             raise ValueError(f"match must be one of {', '.join(BUDGET_KINDS)}, got {self.match!r}")
         if not self.kt_ranks or not self.cp_ranks:
@@ -140,13 +133,9 @@ class _Runner:
     def decomposition(self, method: str, ranks: dict[str, int], init: tuple[str, Decomposition] | None):
         """The decomposition (from the cache when it is there), its key and its compute time."""
         c = self.config
-        options: dict[str, Any] = {}
-        if method in ("kcp", "kt"):
-            options.update(factors=self.shape.channels, placement=c.placement)
-        if method == "kcp":
-            options.update(refine_sweeps=c.refine_sweeps, tol=c.tol, random_state=c.seed)
-        if method == "cp":
-            options.update(random_state=c.seed)
+        chosen = {"factors": self.shape.channels, "placement": c.placement, "refine_sweeps": c.refine_sweeps,
+                  "tol": c.tol, "random_state": c.seed}
+        options: dict[str, Any] = {name: chosen[name] for name in METHODS[method].options}
         key = cache_key(kind="decomposition", method=method, ranks=ranks, options=options,
                         init=init[0] if init else None, **self.base)
         hit = self._cached(key)

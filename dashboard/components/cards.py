@@ -9,15 +9,8 @@ import streamlit as st
 
 from dashboard.components import fmt
 from kcp.latency import Timing
+from kcp.schema import BY_NAME
 
-LABELS = {
-    "params": "Parameters",
-    "macs": "MACs per image",
-    "rel_error": "Kernel error",
-    "output_rel_error": "Output error",
-    "top1_agreement": "Top-1 agreement",
-    "latency": "Latency",
-}
 # Every card: framed, as tall as its row's tallest, and deltas in words (no arrows).
 CARD = {"border": True, "height": "stretch", "delta_arrow": "off"}
 
@@ -28,7 +21,7 @@ def _versus(better: bool, text: str) -> tuple[str, str]:
 
 
 def _card(column, key: str, value: str, delta: str | None, colour: str, help: str, **extra: Any) -> None:
-    column.metric(LABELS[key], value, delta, delta_color=colour, help=help, **CARD, **extra)
+    column.metric(BY_NAME[key].title, value, delta, delta_color=colour, help=help, **CARD, **extra)
 
 
 def show(row: Mapping[str, Any], *, history: list[float] | None = None, timing: Timing | None = None,
@@ -64,14 +57,14 @@ def show(row: Mapping[str, Any], *, history: list[float] | None = None, timing: 
     _card(second[1], "top1_agreement", fmt.percent(top1), note, "off",
           "Share of real images where the network with this layer replaced predicts the same class as the original.")
     if timing is None or dense_timing is None:
-        _card(second[2], "latency", "n/a", latency_note or "latency off (sidebar)", "off",
+        _card(second[2], "latency_ms", "n/a", latency_note or "latency off (sidebar)", "off",
               "Measured latency of the factorised layer against the dense one.")
         return
     faster = timing.median_ms < dense_timing.median_ms
     speed = dense_timing.median_ms / timing.median_ms
     delta = (f"{fmt.ratio(speed)} faster than dense ({fmt.ms(dense_timing.median_ms)})" if faster else
              f"{fmt.ratio(1 / speed)} slower than dense ({fmt.ms(dense_timing.median_ms)})")
-    _card(second[2], "latency", fmt.ms(timing.median_ms), delta, "normal" if faster else "inverse",
+    _card(second[2], "latency_ms", fmt.ms(timing.median_ms), delta, "normal" if faster else "inverse",
           f"Median of {timing.runs} runs on {timing.device_name}, {timing.dtype}, batch {timing.batch} "
           f"(p10 {fmt.ms(timing.p10_ms)}, p90 {fmt.ms(timing.p90_ms)}).")
 

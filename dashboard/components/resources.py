@@ -23,6 +23,7 @@ from kcp.decompose import Decomposition, KTSpectrum, decompose, kt_spectrum
 from kcp.evaluate import evaluate, module_for
 from kcp.export import layer_state
 from kcp.latency import LatencySettings, Timing, measure
+from kcp.methods import METHODS
 from kcp.sweep import SweepResult
 from kcp.target import LayerTarget
 from kcp.zoo.registry import ASSETS
@@ -53,17 +54,15 @@ class Point:
     @classmethod
     def make(cls, method: str, ranks: dict[str, int], factors=None, placement: str = "split",
              refine_sweeps: int = 60) -> Point:
-        kt_like = method in ("kcp", "kt")
-        return cls(method, tuple(sorted(ranks.items())), tuple(factors) if kt_like and factors else None,
-                   placement if kt_like else "split", refine_sweeps if method == "kcp" else 0)
+        options = METHODS[method].options
+        return cls(method, tuple(sorted(ranks.items())), tuple(factors) if "factors" in options and factors else None,
+                   placement if "placement" in options else "split",
+                   refine_sweeps if "refine_sweeps" in options else 0)
 
     def options(self) -> dict:
-        """Keyword arguments of ``kcp.decompose`` besides the ranks."""
-        if self.method == "kcp":
-            return {"factors": self.factors, "placement": self.placement, "refine_sweeps": self.refine_sweeps}
-        if self.method == "kt":
-            return {"factors": self.factors, "placement": self.placement}
-        return {}
+        """Keyword arguments of ``kcp.decompose`` besides the ranks (the method's own options only)."""
+        chosen = {"factors": self.factors, "placement": self.placement, "refine_sweeps": self.refine_sweeps}
+        return {name: chosen[name] for name in METHODS[self.method].options if name in chosen}
 
 
 def _weights_stamp(source: str) -> tuple:

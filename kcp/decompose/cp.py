@@ -5,15 +5,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kcp import methods
 from kcp.decompose.als import cp_batch
 from kcp.decompose.numerics import cp_als, relative_error, rng_for
-from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.result import Decomposition
 from kcp.decompose.validate import check_kernel, check_positive, check_rank
 from kcp.kron import max_cp_rank_of
 
 KEYS = ("out", "in", "h", "w")
 
 
+@methods.implements("cp", "decompose")
 def cp(
     weight: torch.Tensor,
     rank: int,
@@ -48,7 +50,7 @@ def cp(
     return result.to(weight.device, weight.dtype)
 
 
-@register_reconstructor("cp")
+@methods.implements("cp", "reconstruct")
 def _reconstruct(result: Decomposition) -> torch.Tensor:
     f = result.factors
     return torch.einsum("or,ir,hr,wr->oihw", f["out"], f["in"], f["h"], f["w"])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp import methods
+from kcp.decompose.result import Decomposition
 from kcp.decompose.validate import check_kernel
 
 
+@methods.implements("dense", "decompose")
 def dense(weight: torch.Tensor) -> Decomposition:
     """The kernel unchanged: one factor ``weight``, zero error."""
     check_kernel(weight)
@@ -15,6 +17,6 @@ def dense(weight: torch.Tensor) -> Decomposition:
                          factors={"weight": weight.detach().clone()}, rel_error=0.0, history=[0.0])
 
 
-@register_reconstructor("dense")
+@methods.implements("dense", "reconstruct")
 def _reconstruct(result: Decomposition) -> torch.Tensor:
     return result.factors["weight"]

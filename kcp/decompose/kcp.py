@@ -12,11 +12,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from kcp import methods
 from kcp.decompose.als import cp_batch, side_tensor
 from kcp.decompose.kt import kt_terms
 from kcp.decompose.numerics import randn, relative_error, rng_for
 from kcp.decompose.refine import JOINT_LIMIT, refine, residual
-from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.result import Decomposition
 from kcp.decompose.validate import check_kernel, check_positive, check_rank
 from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank, rearrange, unrearrange
 
@@ -58,6 +59,7 @@ def _warm_start(matrix, shape, r, k, init: Decomposition, rng) -> tuple[list, li
     return a_side, b_side
 
 
+@methods.implements("kcp", "decompose")
 def kcp(
     weight: torch.Tensor,
     kt_rank: int,
@@ -131,7 +133,7 @@ def _embeddable(init: Decomposition, kernel_shape, shape: FactorShape, r: int, k
     return init.ranks["kt_rank"] <= r and init.ranks["cp_rank"] <= k
 
 
-@register_reconstructor("kcp")
+@methods.implements("kcp", "reconstruct")
 def _reconstruct(result: Decomposition) -> torch.Tensor:
     f = result.factors
     a = side_tensor([f[key] for key in A_KEYS])

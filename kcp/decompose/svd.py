@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from kcp import methods
 from kcp.decompose.numerics import relative_error, truncated_svd
-from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.result import Decomposition
 from kcp.decompose.validate import check_kernel, check_rank
 
 
+@methods.implements("svd", "decompose")
 def svd(weight: torch.Tensor, rank: int) -> Decomposition:
     """Truncated SVD: factors ``first`` (r x I x k_h x k_w, a k x k conv) and ``second`` (O x r, a 1x1 conv)."""
     w = check_kernel(weight)
@@ -22,7 +24,7 @@ def svd(weight: torch.Tensor, rank: int) -> Decomposition:
     return result.to(weight.device, weight.dtype)
 
 
-@register_reconstructor("svd")
+@methods.implements("svd", "reconstruct")
 def _reconstruct(result: Decomposition) -> torch.Tensor:
     f = result.factors
     first = f["first"]

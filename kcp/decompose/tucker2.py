@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from kcp import methods
 from kcp.decompose.numerics import relative_error
 from kcp.decompose.numerics import tucker2 as tucker2_hooi
-from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.result import Decomposition
 from kcp.decompose.validate import check_kernel, check_positive, check_rank
 
 
+@methods.implements("tucker2", "decompose")
 def tucker2(weight: torch.Tensor, in_rank: int, out_rank: int, *, n_iter_max: int = 20) -> Decomposition:
     """``W ~ core x_0 U_out x_1 U_in``.
 
@@ -31,7 +33,7 @@ def tucker2(weight: torch.Tensor, in_rank: int, out_rank: int, *, n_iter_max: in
     return result.to(weight.device, weight.dtype)
 
 
-@register_reconstructor("tucker2")
+@methods.implements("tucker2", "reconstruct")
 def _reconstruct(result: Decomposition) -> torch.Tensor:
     f = result.factors
     return torch.einsum("pqhw,op,iq->oihw", f["core"], f["out"], f["in"])
