@@ -28,6 +28,7 @@ from kcp.budget import largest_within
 from kcp.decompose import decompose, kcp
 from kcp.decompose.moments import PatchMoments, patch_moments
 from kcp.geometry import ConvGeometry
+from kcp.methods import BASELINES
 
 POINTS = [  # (model, layer, R, K, in the table)
     ("digits-cnn", "conv4", 16, 8, True),
@@ -37,7 +38,6 @@ POINTS = [  # (model, layer, R, K, in the issue's table)
     ("cifar-resnet20", "layer3.2.conv2", 4, 4, False),
     ("digits-cnn", "conv3", 4, 4, False),
 ]
-BASELINES = ("kt", "cp", "tucker2", "svd")
 CIFAR_FILES = {"cifar-resnet20": "resnet20-12fca82f.th", "cifar-resnet56": "resnet56-4bfd9763.th"}
 LONG = {  # a long run with a tolerance 10^4 times tighter: the converged reference of each iterative kernel fit
     "kcp": {"refine_sweeps": 3000, "tol": 1e-9},

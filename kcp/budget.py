@@ -2,37 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 from kcp import costs
 from kcp.geometry import ConvGeometry
-from kcp.kron import FactorShape, max_cp_rank_of, max_kt_rank
+from kcp.kron import FactorShape
+from kcp.methods import rank_family
 
 BUDGET_KINDS = ("params", "macs")
-
-
-def rank_family(method: str, kernel_shape: tuple[int, int, int, int], factor_shape: FactorShape | None):
-    """``(largest r, ranks(r))``: a one-parameter family of ranks whose cost grows with r.
-
-    Tucker-2 keeps its two ranks in proportion to the channels (r for the larger side).
-    """
-    out_c, in_c, kh, kw = kernel_shape
-    if method == "kt":
-        return max_kt_rank(factor_shape), lambda r: {"kt_rank": r}
-    if method == "cp":
-        return max_cp_rank_of(kernel_shape), lambda r: {"rank": r}
-    if method == "svd":
-        return min(out_c, in_c * kh * kw), lambda r: {"rank": r}
-    if method == "tucker2":
-        big, window = max(out_c, in_c), kh * kw
-
-        def tucker(r: int) -> dict[str, int]:
-            ri, ro = max(1, math.ceil(r * in_c / big)), max(1, math.ceil(r * out_c / big))
-            # Past r_i * k_h * k_w (or r_o * k_h * k_w) the other rank adds nothing.
-            return {"in_rank": min(ri, ro * window), "out_rank": min(ro, ri * window)}
-
-        return big, tucker
-    raise ValueError(f"no rank family for method {method!r}")
 
 
 def largest_within(

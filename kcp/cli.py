@@ -23,9 +23,10 @@ from kcp.export import save_layer
 from kcp.fit import DEFAULT_FIT, FITS, decompose_point, point_options
 from kcp.kron import make_factor_shape
 from kcp.latency import DTYPES, LatencySettings
+from kcp.methods import DECOMPOSITIONS
 from kcp.metrics import counted_macs
 from kcp.network import command as network_command
-from kcp.sweep import BASELINES, SweepConfig, sweep_network
+from kcp.sweep import SweepConfig, sweep_network
 from kcp.target import LayerTarget
 
 
@@ -66,7 +67,7 @@ def _factors(text: str) -> tuple[int, int, int, int]:
 
 
 def _methods(text: str) -> tuple[str, ...]:
-    known = ("kcp", *BASELINES)
+    known = DECOMPOSITIONS
     values = tuple(v.strip() for v in text.split(",") if v.strip())
     bad = [v for v in values if v not in known]
     if bad or not values:
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     layer_args(sw)
     sw.add_argument("--kt", type=_ints, required=True, help="KT ranks, e.g. 1,2,4")
     sw.add_argument("--cp", type=_ints, required=True, help="CP ranks, e.g. 1,2,4,8")
-    sw.add_argument("--methods", type=_methods, default=("kcp", *BASELINES))
+    sw.add_argument("--methods", type=_methods, default=DECOMPOSITIONS)
     sw.add_argument("--match", choices=("params", "macs"), default="params", help="baselines' budget")
     sw.add_argument("--latency", action="store_true", help="measure latency (dense timed alongside)")
     sw.add_argument("--device", default="cpu", help="cpu or cuda (for latency)")

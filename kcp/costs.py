@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kcp import methods
 from kcp.geometry import ConvGeometry
 from kcp.kron import FactorShape
 
-METHODS = ("dense", "kcp", "kt", "cp", "tucker2", "svd")
 CHANNEL_PATHS = ("layered", "dense")
 
 
@@ -40,41 +40,64 @@ def stages(
     channel_path: str = "layered",
 ) -> list[Stage]:
     """The stages of ``method`` at ``ranks`` on an ``in_hw`` input, with their parameters and MACs."""
+    spec = methods.get(method)
     geometry = geometry or ConvGeometry()
-    out_c, in_c, kh, kw = kernel_shape
-    h, w = in_hw
-    ho, wo = geometry.out_hw(in_hw, (kh, kw))
-    nb = out_c if bias else 0
-    if method == "dense":
-        return [Stage(f"conv {kh}x{kw}", "conv", (in_c, h, w), (out_c, ho, wo),
-                      out_c * in_c * kh * kw + nb, out_c * in_c * kh * kw * ho * wo)]
-    if method == "kcp":
-        return _kcp_stages(kernel_shape, ranks["kt_rank"], ranks["cp_rank"], (h, w), (ho, wo), factor_shape, nb,
-                           channel_path)
-    if method == "kt":
-        return _kt_stages(kernel_shape, ranks["kt_rank"], (h, w), (ho, wo), factor_shape, nb)
-    if method == "cp":
-        r = ranks["rank"]
-        return [
-            Stage("in 1x1", "conv 1x1", (in_c, h, w), (r, h, w), in_c * r, in_c * r * h * w),
-            *_spatial_stages(r, kh, kw, (h, w), (ho, wo), lambda k: r * k if k > 1 else 0),
-            Stage("out 1x1", "conv 1x1", (r, ho, wo), (out_c, ho, wo), r * out_c + nb, r * out_c * ho * wo),
-        ]
-    if method == "tucker2":
-        ri, ro = ranks["in_rank"], ranks["out_rank"]
-        return [
-            Stage("in 1x1", "conv 1x1", (in_c, h, w), (ri, h, w), in_c * ri, in_c * ri * h * w),
-            Stage(f"core {kh}x{kw}", "conv", (ri, h, w), (ro, ho, wo), kh * kw * ri * ro, kh * kw * ri * ro * ho * wo),
-            Stage("out 1x1", "conv 1x1", (ro, ho, wo), (out_c, ho, wo), ro * out_c + nb, ro * out_c * ho * wo),
-        ]
-    if method == "svd":
-        r = ranks["rank"]
-        return [
-            Stage(f"conv {kh}x{kw}", "conv", (in_c, h, w), (r, ho, wo), r * in_c * kh * kw,
-                  r * in_c * kh * kw * ho * wo),
-            Stage("out 1x1", "conv 1x1", (r, ho, wo), (out_c, ho, wo), r * out_c + nb, r * out_c * ho * wo),
-        ]
-    raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    out_hw = geometry.out_hw(in_hw, kernel_shape[2:])
+    layer = _Layer(tuple(kernel_shape), tuple(in_hw), out_hw, kernel_shape[0] if bias else 0)
+    return spec.stages(layer, ranks, factor_shape, channel_path)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """What every stage function needs: kernel shape, input and output size, and the bias parameters."""
+
+    kernel_shape: tuple[int, int, int, int]
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    bias: int
+
+
+@methods.implements("dense", "stages")
+def _dense_stages(layer: _Layer, _ranks, _fs, _path) -> list[Stage]:
+    out_c, in_c, kh, kw = layer.kernel_shape
+    ho, wo = layer.out_hw
+    return [Stage(f"conv {kh}x{kw}", "conv", (in_c, *layer.in_hw), (out_c, ho, wo),
+                  out_c * in_c * kh * kw + layer.bias, out_c * in_c * kh * kw * ho * wo)]
+
+
+@methods.implements("cp", "stages")
+def _cp_stages(layer: _Layer, ranks, _fs, _path) -> list[Stage]:
+    out_c, in_c, kh, kw = layer.kernel_shape
+    (h, w), (ho, wo) = layer.in_hw, layer.out_hw
+    r = ranks["rank"]
+    return [
+        Stage("in 1x1", "conv 1x1", (in_c, h, w), (r, h, w), in_c * r, in_c * r * h * w),
+        *_spatial_stages(r, kh, kw, (h, w), (ho, wo), lambda k: r * k if k > 1 else 0),
+        Stage("out 1x1", "conv 1x1", (r, ho, wo), (out_c, ho, wo), r * out_c + layer.bias, r * out_c * ho * wo),
+    ]
+
+
+@methods.implements("tucker2", "stages")
+def _tucker2_stages(layer: _Layer, ranks, _fs, _path) -> list[Stage]:
+    out_c, in_c, kh, kw = layer.kernel_shape
+    (h, w), (ho, wo) = layer.in_hw, layer.out_hw
+    ri, ro = ranks["in_rank"], ranks["out_rank"]
+    return [
+        Stage("in 1x1", "conv 1x1", (in_c, h, w), (ri, h, w), in_c * ri, in_c * ri * h * w),
+        Stage(f"core {kh}x{kw}", "conv", (ri, h, w), (ro, ho, wo), kh * kw * ri * ro, kh * kw * ri * ro * ho * wo),
+        Stage("out 1x1", "conv 1x1", (ro, ho, wo), (out_c, ho, wo), ro * out_c + layer.bias, ro * out_c * ho * wo),
+    ]
+
+
+@methods.implements("svd", "stages")
+def _svd_stages(layer: _Layer, ranks, _fs, _path) -> list[Stage]:
+    out_c, in_c, kh, kw = layer.kernel_shape
+    (h, w), (ho, wo) = layer.in_hw, layer.out_hw
+    r = ranks["rank"]
+    return [
+        Stage(f"conv {kh}x{kw}", "conv", (in_c, h, w), (r, ho, wo), r * in_c * kh * kw, r * in_c * kh * kw * ho * wo),
+        Stage("out 1x1", "conv 1x1", (r, ho, wo), (out_c, ho, wo), r * out_c + layer.bias, r * out_c * ho * wo),
+    ]
 
 
 def _spatial_stages(width, kh, kw, in_hw, out_hw, params_for) -> list[Stage]:
@@ -89,7 +112,10 @@ def _spatial_stages(width, kh, kw, in_hw, out_hw, params_for) -> list[Stage]:
     ]
 
 
-def _kcp_stages(kernel_shape, r, k, in_hw, out_hw, fs: FactorShape, nb, channel_path) -> list[Stage]:
+@methods.implements("kcp", "stages")
+def _kcp_stages(layer: _Layer, ranks, fs: FactorShape, channel_path) -> list[Stage]:
+    kernel_shape, in_hw, out_hw, nb = layer.kernel_shape, layer.in_hw, layer.out_hw, layer.bias
+    r, k = ranks["kt_rank"], ranks["cp_rank"]
     if fs is None:
         raise ValueError("KCP costs need the factor shape")
     if channel_path not in CHANNEL_PATHS:
@@ -118,8 +144,11 @@ def _kcp_stages(kernel_shape, r, k, in_hw, out_hw, fs: FactorShape, nb, channel_
     ]
 
 
-def _kt_stages(kernel_shape, r, in_hw, out_hw, fs: FactorShape, nb) -> list[Stage]:
+@methods.implements("kt", "stages")
+def _kt_stages(layer: _Layer, ranks, fs: FactorShape, _path) -> list[Stage]:
     """GKPD: conv with B (I_A folded into the batch), then conv with A (O_B folded into the batch)."""
+    kernel_shape, in_hw, out_hw, nb = layer.kernel_shape, layer.in_hw, layer.out_hw, layer.bias
+    r = ranks["kt_rank"]
     if fs is None:
         raise ValueError("KT costs need the factor shape")
     out_c, in_c, _, _ = kernel_shape
@@ -148,3 +177,4 @@ def params(method: str, kernel_shape, ranks, factor_shape=None, bias: bool = Fal
 def macs(method: str, kernel_shape, ranks, in_hw, geometry=None, factor_shape=None, channel_path="layered") -> int:
     """Multiply-accumulates of one image through ``method`` at ``ranks`` (FLOPs are twice this)."""
     return sum(s.macs for s in stages(method, kernel_shape, ranks, in_hw, geometry, factor_shape, False, channel_path))
+

@@ -11,6 +11,7 @@ from kcp.estimate import images_per_chunk
 from kcp.latency import LatencySettings, paired
 from kcp.metrics import output_error as layer_output_error
 from kcp.modules import to_module
+from kcp.schema import make_row
 from kcp.target import LayerTarget
 
 
@@ -38,6 +39,7 @@ def evaluate(
     calibration images an output fit learned from. ``fit`` says what the decomposition was fitted to, and
     ``calibration_images`` on how many images (None for a kernel fit); ``top1_changed`` counts the evaluation
     images whose top-1 class changed (of ``eval_images``): the images that decide the agreement.
+    The row has the columns of :data:`kcp.schema.ROW`.
     Metrics that the target cannot give (no activations, no network) or that were not asked for are None;
     ``dense_accuracy`` is the unchanged network's accuracy on the same labelled images. Images go through the
     module in chunks sized by :func:`kcp.estimate.images_per_chunk`, so memory stays bounded at any rank.
@@ -48,23 +50,18 @@ def evaluate(
     kcp_path = channel_path if result.method == "kcp" else "layered"
     info = result.info
     fit = info.get("fit", "kernel")
-    row: dict[str, Any] = {
-        "model": target.model, "layer": target.name, "method": result.method, "fit": fit,
-        "calibration_images": info.get("calibration_inputs") if fit == "outputs" else None,
-        "kt_rank": ranks.get("kt_rank"), "cp_rank": ranks.get("cp_rank"),
-        "rank": ranks.get("rank", ranks.get("kt_rank", ranks.get("out_rank"))),
-        "in_rank": ranks.get("in_rank"), "out_rank": ranks.get("out_rank"),
-        "factors": str(result.factor_shape) if result.factor_shape else "",
-        "placement": result.placement or "",
-        "params": result.params(), "dense_params": target.dense_params(), "compression": result.compression(),
-        "macs": result.macs(target.in_hw, target.geometry, kcp_path), "dense_macs": target.dense_macs(),
-        "rel_error": result.rel_error, "output_rel_error": None, "top1_agreement": None, "accuracy": None,
-        "dense_accuracy": None, "eval_images": None, "top1_changed": None,
-        "latency_ms": None, "dense_latency_ms": None, "latency_p10_ms": None, "latency_p90_ms": None,
-        "speedup": None, "speedup_low": None, "speedup_high": None, "latency_verdict": None, "device": None,
-        "seconds": None if seconds is None else round(seconds, 4), "sweeps": info.get("sweeps"),
-        "converged": info.get("converged"), "warm_start": bool(info.get("warm_start", False)),
-    }
+    row = make_row(
+        model=target.model, layer=target.name, method=result.method, fit=fit,
+        calibration_images=info.get("calibration_inputs") if fit == "outputs" else None,
+        kt_rank=ranks.get("kt_rank"), cp_rank=ranks.get("cp_rank"),
+        rank=ranks.get("rank", ranks.get("kt_rank", ranks.get("out_rank"))),
+        in_rank=ranks.get("in_rank"), out_rank=ranks.get("out_rank"),
+        factors=str(result.factor_shape) if result.factor_shape else "", placement=result.placement or "",
+        params=result.params(), dense_params=target.dense_params(), compression=result.compression(),
+        macs=result.macs(target.in_hw, target.geometry, kcp_path), dense_macs=target.dense_macs(),
+        rel_error=result.rel_error, seconds=None if seconds is None else round(seconds, 4),
+        sweeps=info.get("sweeps"), converged=info.get("converged"), warm_start=bool(info.get("warm_start", False)),
+    )
     module = module_for(target, result, channel_path)
     chunk = images_per_chunk(result.stages(target.in_hw, target.geometry, False, kcp_path))
     if output_error and target.inputs is not None:

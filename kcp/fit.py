@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from kcp.decompose import Decomposition, decompose
 from kcp.decompose.outputs import FITS
+from kcp.methods import get
 
 if TYPE_CHECKING:
     from kcp.target import LayerTarget
@@ -32,15 +33,10 @@ def point_options(method: str, *, factors: tuple[int, int, int, int] | None = No
                   refine_sweeps: int | None = None, tol: float | None = None,
                   seed: int | None = None) -> dict[str, Any]:
     """The keyword options of ``method`` (besides ranks and fit) that change its result; None is the default."""
-    options: dict[str, Any] = {}
-    if method in ("kcp", "kt"):
-        options.update(factors=None if factors is None else tuple(factors), placement=placement)
-    if method == "kcp":
-        extra = {"refine_sweeps": refine_sweeps, "tol": tol, "random_state": seed}
-        options.update({k: v for k, v in extra.items() if v is not None})
-    if method == "cp" and seed is not None:
-        options.update(random_state=seed)
-    return options
+    chosen = {"factors": None if factors is None else tuple(factors), "placement": placement,
+              "refine_sweeps": refine_sweeps, "tol": tol, "random_state": seed}
+    return {name: chosen[name] for name in get(method).options
+            if name in chosen and (chosen[name] is not None or name == "factors")}
 
 
 def decompose_point(

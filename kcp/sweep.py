@@ -28,26 +28,15 @@ import torch
 
 from kcp.budget import BUDGET_KINDS, largest_within
 from kcp.cache import ResultCache, cache_key
-from kcp.costs import METHODS as ALL_METHODS
 from kcp.decompose import Decomposition
 from kcp.engines import Cancelled, Engine, Node, make_engine, run_graph
 from kcp.evaluate import evaluate
 from kcp.fit import DEFAULT_FIT, check_fit, decompose_point, point_options
 from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import LatencySettings, Timing, measure
+from kcp.methods import BASELINES, DECOMPOSITIONS
+from kcp.schema import COLUMNS
 from kcp.target import LayerTarget
-
-BASELINES = ("kt", "cp", "tucker2", "svd")
-COLUMNS = (
-    "model", "layer", "method", "fit", "calibration_images", "kt_rank", "cp_rank", "rank", "in_rank", "out_rank",
-    "factors", "placement",
-    "params", "dense_params", "compression", "macs", "dense_macs", "rel_error", "output_rel_error",
-    "top1_agreement", "top1_changed", "eval_images", "accuracy", "dense_accuracy", "latency_ms", "dense_latency_ms",
-    "device", "seconds", "sweeps", "converged", "warm_start", "matched_to", "error",
-    # Each row's own paired latency measurement (spread, speed-up interval, verdict).
-    "latency_p10_ms", "latency_p90_ms", "speedup", "speedup_low", "speedup_high", "latency_verdict",
-)
-
 
 _LATENCY_COLUMNS = ("latency_ms", "dense_latency_ms", "device", "latency_p10_ms", "latency_p90_ms", "speedup",
                     "speedup_low", "speedup_high", "latency_verdict")
@@ -65,7 +54,7 @@ class SweepConfig:
 
     kt_ranks: tuple[int, ...]
     cp_ranks: tuple[int, ...]
-    methods: tuple[str, ...] = ("kcp", *BASELINES)
+    methods: tuple[str, ...] = DECOMPOSITIONS
     factors: tuple[int, int, int, int] | None = None
     placement: str = "split"
     refine_sweeps: int = 60
@@ -84,9 +73,9 @@ class SweepConfig:
     def check(self, shape: FactorShape) -> None:
         """Refuse ranks past the layer's largest meaningful ones, unknown methods and budgets."""
         check_fit(self.fit)
-        unknown = [m for m in self.methods if m not in ALL_METHODS or m == "dense"]
+        unknown = [m for m in self.methods if m not in DECOMPOSITIONS]
         if unknown or not self.methods:
-            raise ValueError(f"unknown methods {unknown}: choose from {', '.join(('kcp', *BASELINES))}")
+            raise ValueError(f"unknown methods {unknown}: choose from {', '.join(DECOMPOSITIONS)}")
         if self.match not in BUDGET_KINDS:
             raise ValueError(f"match must be one of {', '.join(BUDGET_KINDS)}, got {self.match!r}")
         if not self.kt_ranks or not self.cp_ranks:

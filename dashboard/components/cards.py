@@ -10,15 +10,8 @@ import streamlit as st
 from dashboard.components import fmt
 from kcp.latency import PairedTiming, Timing
 from kcp.metrics import proportion_interval
+from kcp.schema import BY_NAME
 
-LABELS = {
-    "params": "Parameters",
-    "macs": "MACs per image",
-    "rel_error": "Kernel error",
-    "output_rel_error": "Output error",
-    "top1_agreement": "Top-1 agreement",
-    "latency": "Latency",
-}
 # Every card: framed, as tall as its row's tallest, and deltas in words (no arrows).
 CARD = {"border": True, "height": "stretch", "delta_arrow": "off"}
 
@@ -29,7 +22,7 @@ def _versus(better: bool, text: str) -> tuple[str, str]:
 
 
 def _card(column, key: str, value: str, delta: str | None, colour: str, help: str, **extra: Any) -> None:
-    column.metric(LABELS[key], value, delta, delta_color=colour, help=help, **CARD, **extra)
+    column.metric(BY_NAME[key].title, value, delta, delta_color=colour, help=help, **CARD, **extra)
 
 
 def spread(row: Mapping[str, Any]) -> str | None:
@@ -82,7 +75,7 @@ def show(row: Mapping[str, Any], *, history: list[float] | None = None, timing: 
           f"original ({images or 'evaluation images'})." + (f" {decided}: few images decide this figure." if
                                                              decided else ""))
     if timing is None or dense_timing is None:
-        _card(second[2], "latency", "n/a", latency_note or "latency off (sidebar)", "off",
+        _card(second[2], "latency_ms", "n/a", latency_note or "latency off (sidebar)", "off",
               "Measured latency of the factorised layer against the dense one.")
         return
     timing_spread = (f"p10 {fmt.ms(timing.p10_ms)}, p90 {fmt.ms(timing.p90_ms)}; "
@@ -95,7 +88,7 @@ def show(row: Mapping[str, Any], *, history: list[float] | None = None, timing: 
         delta = f"{head} · dense {fmt.ms(dense_timing.median_ms)} · {ci.split(',')[0]}"
         colour = {"faster": "normal", "slower": "inverse"}.get(pair.verdict, "off")
         timing_spread += f"; speed-up {pair.speedup:.2f}x, {ci.rstrip(')')}"
-    _card(second[2], "latency", fmt.ms(timing.median_ms), delta, colour,
+    _card(second[2], "latency_ms", fmt.ms(timing.median_ms), delta, colour,
           f"Median of {timing.runs} runs on {timing.device_name}, {timing.dtype}, batch {timing.batch}, timed in "
           f"alternation with the dense layer ({timing_spread}).")
 

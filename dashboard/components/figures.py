@@ -14,20 +14,16 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.components import fmt
+from kcp.methods import METHODS
+from kcp.schema import BY_NAME
 
-METHOD_LABELS = {"kcp": "KCP", "kt": "KT only", "cp": "CP", "tucker2": "Tucker-2", "svd": "SVD", "dense": "dense"}
-METHOD_COLORS = {"kcp": "#d62728", "kt": "#ff7f0e", "cp": "#1f77b4", "tucker2": "#2ca02c", "svd": "#9467bd",
-                 "dense": "#111111"}
+METHOD_LABELS = {name: m.label for name, m in METHODS.items()}
+METHOD_COLORS = {name: m.color for name, m in METHODS.items()}
 
-# What each metric is called on an axis, and whether it spans orders of magnitude (drawn on a log scale).
+# The metrics a figure can put on an axis: their labels and scales come from the row schema.
 METRICS: dict[str, tuple[str, bool]] = {
-    "rel_error": ("kernel error ‖W−Ŵ‖/‖W‖", False),
-    "output_rel_error": ("output error on real activations", False),
-    "top1_agreement": ("top-1 agreement with the dense network", False),
-    "params": ("parameters", True),
-    "macs": ("MACs per image", True),
-    "latency_ms": ("latency (ms)", True),
-    "compression": ("compression (dense / factorised params)", True),
+    name: (BY_NAME[name].label, BY_NAME[name].log)
+    for name in ("rel_error", "output_rel_error", "top1_agreement", "params", "macs", "latency_ms", "compression")
 }
 
 # The heatmap's plot area at its widest (a wide page) and its height, and the spacing of its click targets.
@@ -205,16 +201,10 @@ def pareto(rows: Sequence[Mapping[str, Any]], x: str, y: str = "rel_error") -> g
 
 def point_label(row: Mapping[str, Any]) -> str:
     """A row's method and ranks in a few words: KCP R=2 K=4, CP rank 24, Tucker-2 12/16."""
-    method = row.get("method")
-    if method == "dense":
+    method = METHODS.get(row.get("method"))
+    if method is None or method.name == "dense":
         return "dense layer"
-    if method == "kcp":
-        return f"KCP R={row.get('kt_rank')} K={row.get('cp_rank')}"
-    if method == "kt":
-        return f"KT R={row.get('kt_rank')}"
-    if method == "tucker2":
-        return f"Tucker-2 {row.get('in_rank')}/{row.get('out_rank')}"
-    return f"{METHOD_LABELS.get(method, method)} rank {row.get('rank')}"
+    return f"{method.label} {method.describe(row)}"
 
 
 def spectrum(singular_values: Sequence[float], energy: Sequence[float], rel_errors: Sequence[float],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from kcp.methods import METHODS
+
 
 def count(n: int | None) -> str:
     """An exact count with thousands separators: 36,864."""
@@ -58,13 +60,6 @@ def shape(dims) -> str:
 
 
 def ranks(ranks: dict[str, int]) -> str:
-    """A method's ranks as the library names them: R=2 K=4, rank 24, 12/16."""
-    if "kt_rank" in ranks and "cp_rank" in ranks:
-        return f"R={ranks['kt_rank']} K={ranks['cp_rank']}"
-    if "kt_rank" in ranks:
-        return f"R={ranks['kt_rank']}"
-    if "in_rank" in ranks:
-        return f"{ranks['in_rank']}/{ranks['out_rank']}"
-    if "rank" in ranks:
-        return f"rank {ranks['rank']}"
-    return "-"
+    """A method's ranks as the library names them: R=2 K=4, rank 24, 12/16 (the method told by the rank names)."""
+    method = next((m for m in METHODS.values() if m.ranks and set(m.ranks) == set(ranks)), None)
+    return "-" if method is None else method.describe(ranks)

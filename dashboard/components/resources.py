@@ -26,6 +26,7 @@ from kcp.decompose import Decomposition, KTSpectrum
 from kcp.export import layer_state
 from kcp.fit import DEFAULT_FIT, point_options
 from kcp.latency import LatencySettings, PairedTiming
+from kcp.methods import METHODS
 from kcp.sweep import SweepConfig, SweepResult
 from kcp.target import LayerTarget
 from kcp.zoo.registry import ASSETS
@@ -62,9 +63,10 @@ class Point:
     @classmethod
     def make(cls, method: str, ranks: dict[str, int], factors=None, placement: str = "split",
              refine_sweeps: int = 60, fit: str = DEFAULT_FIT) -> Point:
-        kt_like = method in ("kcp", "kt")
-        return cls(method, tuple(sorted(ranks.items())), tuple(factors) if kt_like and factors else None,
-                   placement if kt_like else "split", refine_sweeps if method == "kcp" else 0, fit)
+        options = METHODS[method].options
+        return cls(method, tuple(sorted(ranks.items())), tuple(factors) if "factors" in options and factors else None,
+                   placement if "placement" in options else "split",
+                   refine_sweeps if "refine_sweeps" in options else 0, fit)
 
     def options(self) -> dict:
         """Keyword arguments of ``kcp.decompose`` besides the ranks and the fit (kcp.fit.point_options)."""

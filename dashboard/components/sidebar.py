@@ -17,16 +17,15 @@ import streamlit as st
 import torch
 
 from dashboard.components import fmt, guards, resources
-from dashboard.components.figures import METHOD_LABELS
 from kcp import zoo
-from kcp.budget import rank_family
 from kcp.fit import DEFAULT_FIT, FITS
 from kcp.kron import FactorShape, balanced_split, make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import DTYPES, LatencySettings
+from kcp.methods import BASELINES, DECOMPOSITIONS, METHODS, rank_family
 
 UPLOAD = "__upload__"
-METHODS = ("kcp", "kt", "cp", "tucker2", "svd")
-BASELINE_ONLY = ("cp", "tucker2", "svd")  # the baselines that need no Kronecker factor shape
+# The baselines that need no Kronecker factor shape (the only ones where KCP does not apply).
+BASELINE_ONLY = tuple(m for m in BASELINES if not METHODS[m].kronecker)
 DEFAULT_RANKS = {"kt_rank": 2, "cp_rank": 4}
 # Layers up to this many weights are picked by default: they decompose live in well under a second.
 LIVE_WEIGHTS = 256 * 256 * 3 * 3
@@ -261,13 +260,13 @@ def _baseline_slider(selection: Selection) -> tuple[str, dict[str, int]] | None:
     if selection.layer.groups != 1:
         return None
     methods = [m for m in BASELINE_ONLY if m in selection.methods] or list(BASELINE_ONLY)
-    method = st.selectbox("Baseline instead", methods, format_func=lambda m: METHOD_LABELS[m],
+    method = st.selectbox("Baseline instead", methods, format_func=lambda m: METHODS[m].label,
                           **keep("baseline_method", methods[0], lambda v: v in methods))
     top, ranks_of = rank_family(method, selection.layer.weight_shape, None)
     if top <= 1:
         return method, ranks_of(1)
     r = st.slider("Baseline rank", 1, top, help=f"Up to {top}, the largest rank that means something for "
-                  f"{METHOD_LABELS[method]} here.", **keep(f"baseline_rank::{method}::{top}", min(4, top)))
+                  f"{METHODS[method].label} here.", **keep(f"baseline_rank::{method}::{top}", min(4, top)))
     return method, ranks_of(r)
 
 
@@ -322,8 +321,9 @@ def render(sliders: bool = True) -> Selection | None:
                        "two-stage start.", **keep("refine", True))
     sweeps = int(sb.number_input("Most refinement sweeps", 1, 500, disabled=not refine,
                                  **keep("sweeps", 60, lambda v: 1 <= v <= 500)))
-    methods = tuple(sb.multiselect("Methods to compare", METHODS, format_func=lambda m: METHOD_LABELS[m],
-                                   **keep("methods", list(METHODS), lambda v: set(v) <= set(METHODS)))) or ("kcp",)
+    methods = tuple(sb.multiselect("Methods to compare", DECOMPOSITIONS, format_func=lambda m: METHODS[m].label,
+                                   **keep("methods", list(DECOMPOSITIONS), lambda v: set(v) <= set(DECOMPOSITIONS))))
+    methods = methods or ("kcp",)
     match = sb.radio("Baselines at equal", ("params", "macs"), horizontal=True,
                      format_func=lambda m: {"params": "parameters", "macs": "MACs"}[m], **keep("match", "params"))
     fit, n_calibration = _pick_fit(fit_slot, loaded)

@@ -20,6 +20,7 @@ from kcp import estimate as est
 from kcp.budget import largest_within
 from kcp.fit import FITS
 from kcp.latency import LatencySettings, PairedTiming
+from kcp.methods import METHODS
 from kcp.target import LayerTarget
 
 # Ends the live panel's caption; tests and the benchmark wait for it to know the whole view is drawn.
@@ -34,7 +35,7 @@ def estimate(sel: sidebar.Selection, target: LayerTarget, point: resources.Point
     """What ``point`` will cost (decomposition and evaluation, or the latency measurement when given)."""
     fidelity = sel.live_fidelity and target.fidelity is not None
     network = sum(i.macs or 0 for i in resources.layers(sel.loaded) if i.name != sel.layer.name) if fidelity else 0
-    shape = sel.factor_shape() if point.method in ("kcp", "kt") else None
+    shape = sel.factor_shape() if METHODS[point.method].kronecker else None
     prediction = est.estimate(point.method, target.kernel_shape, dict(point.ranks), target.in_hw,
                               geometry=target.geometry, factor_shape=shape, refine_sweeps=point.refine_sweeps,
                               images=0 if target.inputs is None else len(target.inputs), network_macs=network,

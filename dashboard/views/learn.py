@@ -13,9 +13,8 @@ from kcp.budget import largest_within
 from kcp.costs import stages as cost_stages
 from kcp.decompose import Decomposition
 from kcp.fit import FITS
+from kcp.methods import DECOMPOSITIONS, METHODS
 from kcp.target import LayerTarget
-
-STRUCTURES = {"kcp": "KCP (four layers)", "cp": "CP", "tucker2": "Tucker-2", "svd": "SVD", "kt": "KT only"}
 
 
 def kt_section(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget, r: int) -> None:
@@ -89,8 +88,8 @@ def structure_section(sel: sidebar.Selection, target: LayerTarget, result: Decom
     st.latex(r"\mathrm{MACs} = R K\big[H W_\text{in}(I + K\min(I_A,I_B)) + K k_h H' W_\text{in} + K k_w H'W'"
              r" + H'W'(O + K\min(O_A,O_B))\big]")
     bias = target.conv.bias is not None
-    options = [m for m in STRUCTURES if m == "kcp" or m in sel.baselines]
-    method = st.radio("Draw", options, format_func=lambda m: STRUCTURES[m], horizontal=True, key="structure_of",
+    options = [m for m in DECOMPOSITIONS if m == "kcp" or m in sel.baselines]
+    method = st.radio("Draw", options, format_func=lambda m: METHODS[m].structure, horizontal=True, key="structure_of",
                       help="The baselines are drawn at their largest ranks within KCP's budget (sidebar).")
     if method == "kcp":
         stages, ranks = result.stages(target.in_hw, target.geometry, bias), result.ranks
@@ -99,11 +98,11 @@ def structure_section(sel: sidebar.Selection, target: LayerTarget, result: Decom
         ranks = largest_within(method, target.kernel_shape, budget, kind=sel.match, factor_shape=result.factor_shape,
                                in_hw=target.in_hw, geometry=target.geometry)
         if ranks is None:
-            st.info(f"{STRUCTURES[method]}: even rank 1 is over KCP's budget here.")
+            st.info(f"{METHODS[method].structure}: even rank 1 is over KCP's budget here.")
             return
         stages = cost_stages(method, target.kernel_shape, ranks, target.in_hw, target.geometry,
                              result.factor_shape, bias)
-    st.plotly_chart(diagram.structure(stages, f"{STRUCTURES[method]} at {fmt.ranks(ranks)}",
+    st.plotly_chart(diagram.structure(stages, f"{METHODS[method].structure} at {fmt.ranks(ranks)}",
                                       figures.METHOD_COLORS[method]),
                     key=f"structure::{method}", config=figures.plot_config(f"structure-{method}"))
     st.dataframe([{"layer": s.name, "operation": s.op, "input (C×H×W)": fmt.shape(s.in_shape),

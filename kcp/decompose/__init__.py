@@ -1,15 +1,15 @@
 """Decompositions of conv kernels: KCP and the baselines, behind one result type.
 
 Every method is a plain function ``method(weight, <ranks>, *, <options>) -> Decomposition``;
-:func:`decompose` picks one by name.
+:func:`decompose` picks one by name from the method table (:mod:`kcp.methods`), into which each
+method's file registers its function and its reconstruction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
+from kcp import methods
 from kcp.decompose.cp import cp
 from kcp.decompose.dense import dense
 from kcp.decompose.kcp import kcp
@@ -18,17 +18,11 @@ from kcp.decompose.result import Decomposition
 from kcp.decompose.svd import svd
 from kcp.decompose.tucker2 import tucker2
 
-METHODS: dict[str, Callable[..., Decomposition]] = {
-    "dense": dense, "kcp": kcp, "kt": kt, "cp": cp, "tucker2": tucker2, "svd": svd,
-}
-
 
 def decompose(weight: torch.Tensor, method: str, **kwargs) -> Decomposition:
-    """Decompose ``weight`` with ``method`` (one of :data:`METHODS`), passing ranks and options through."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    return METHODS[method](weight, **kwargs)
+    """Decompose ``weight`` with ``method`` (a name in :data:`kcp.methods.METHODS`), passing ranks and options."""
+    return methods.get(method).decompose(weight, **kwargs)
 
 
-__all__ = ["METHODS", "Decomposition", "KTSpectrum", "cp", "decompose", "dense", "kcp", "kt", "kt_spectrum", "svd",
+__all__ = ["Decomposition", "KTSpectrum", "cp", "decompose", "dense", "kcp", "kt", "kt_spectrum", "svd",
            "tucker2"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kcp import methods
 from kcp.decompose.als import cp_batch
 from kcp.decompose.moments import PatchMoments
 from kcp.decompose.numerics import cp_als, relative_error, rng_for
 from kcp.decompose.outputs import check_fit, finish
-from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.result import Decomposition
 from kcp.decompose.stopping import convergence
 from kcp.decompose.validate import check_kernel, check_positive, check_rank, check_tol
 from kcp.kron import max_cp_rank_of
@@ -17,6 +18,7 @@ from kcp.kron import max_cp_rank_of
 KEYS = ("out", "in", "h", "w")
 
 
+@methods.implements("cp", "decompose")
 def cp(
     weight: torch.Tensor,
     rank: int,
@@ -63,7 +65,7 @@ def cp(
     return result.to(weight.device, weight.dtype)
 
 
-@register_reconstructor("cp")
+@methods.implements("cp", "reconstruct")
 def _reconstruct(result: Decomposition) -> torch.Tensor:
     f = result.factors
     return torch.einsum("or,ir,hr,wr->oihw", f["out"], f["in"], f["h"], f["w"])

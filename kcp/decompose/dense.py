@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from kcp import methods
 from kcp.decompose.outputs import check_fit_name
-from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.result import Decomposition
 from kcp.decompose.validate import check_kernel
 
 
+@methods.implements("dense", "decompose")
 def dense(weight: torch.Tensor, *, fit: str = "kernel", calibration: object = None) -> Decomposition:
     """The kernel unchanged: one factor ``weight``, zero error.
 
@@ -22,6 +24,6 @@ def dense(weight: torch.Tensor, *, fit: str = "kernel", calibration: object = No
                          info={"fit": "kernel"})
 
 
-@register_reconstructor("dense")
+@methods.implements("dense", "reconstruct")
 def _reconstruct(result: Decomposition) -> torch.Tensor:
     return result.factors["weight"]

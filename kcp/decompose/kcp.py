@@ -12,13 +12,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from kcp import methods
 from kcp.decompose.als import cp_batch, side_tensor
 from kcp.decompose.kt import kt_terms
 from kcp.decompose.moments import PatchMoments
 from kcp.decompose.numerics import randn, relative_error, rng_for
 from kcp.decompose.outputs import check_fit, finish
 from kcp.decompose.refine import JOINT_LIMIT, refine, residual
-from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.result import Decomposition
 from kcp.decompose.stopping import convergence
 from kcp.decompose.validate import check_kernel, check_positive, check_rank, check_tol
 from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank, rearrange, unrearrange
@@ -67,6 +68,7 @@ def _warm_start(matrix, shape, r, k, init: Decomposition, rng) -> tuple[list, li
     return a_side, b_side
 
 
+@methods.implements("kcp", "decompose")
 def kcp(
     weight: torch.Tensor,
     kt_rank: int,
@@ -148,7 +150,7 @@ def _embeddable(init: Decomposition, kernel_shape, shape: FactorShape, r: int, k
     return init.ranks["kt_rank"] <= r and init.ranks["cp_rank"] <= k
 
 
-@register_reconstructor("kcp")
+@methods.implements("kcp", "reconstruct")
 def _reconstruct(result: Decomposition) -> torch.Tensor:
     f = result.factors
     a = side_tensor([f[key] for key in A_KEYS])

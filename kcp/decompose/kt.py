@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
+from kcp import methods
 from kcp.decompose.moments import PatchMoments
 from kcp.decompose.numerics import relative_error
 from kcp.decompose.outputs import check_fit, finish
-from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.result import Decomposition
 from kcp.decompose.validate import check_kernel, check_rank
 from kcp.kron import FactorShape, make_factor_shape, max_kt_rank, rearrange, unrearrange
 
@@ -62,6 +63,7 @@ def kt_spectrum(
     return KTSpectrum(shape, s, rel.clamp_min(0).sqrt(), torch.cumsum(sq, 0) / total)
 
 
+@methods.implements("kt", "decompose")
 def kt(
     weight: torch.Tensor,
     kt_rank: int,
@@ -96,7 +98,7 @@ def kt(
     return result.to(weight.device, weight.dtype)
 
 
-@register_reconstructor("kt")
+@methods.implements("kt", "reconstruct")
 def _reconstruct(result: Decomposition) -> torch.Tensor:
     a, b = result.factors["a"], result.factors["b"]
     r = a.shape[0]

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from kcp import costs
+from kcp import costs, methods
 from kcp.geometry import ConvGeometry
 from kcp.kron import FactorShape
-
-_RECONSTRUCTORS: dict[str, Callable[[Decomposition], torch.Tensor]] = {}
-
-
-def register_reconstructor(method: str):
-    """Decorator: the function that turns a ``method`` result's factors back into a kernel."""
-
-    def wrap(fn: Callable[[Decomposition], torch.Tensor]) -> Callable[[Decomposition], torch.Tensor]:
-        _RECONSTRUCTORS[method] = fn
-        return fn
-
-    return wrap
 
 
 def _plain(value: Any) -> bool:
@@ -36,8 +23,7 @@ def _plain(value: Any) -> bool:
 class Decomposition:
     """Factors of one conv kernel under one method, with what they cost and how well they fit.
 
-    ``ranks`` are the keyword arguments of the method's function (kcp ``kt_rank``/``cp_rank``, kt
-    ``kt_rank``, cp and svd ``rank``, tucker2 ``in_rank``/``out_rank``, dense none), so
+    ``ranks`` are the keyword arguments of the method's function (named in :data:`kcp.methods.METHODS`), so
     ``decompose(weight, result.method, **result.ranks)`` decomposes again. ``history`` is the
     relative kernel error after the initialisation and after every refinement sweep (methods
     without refinement hold one value). ``info`` holds notes such as why a refinement was skipped,
@@ -59,7 +45,7 @@ class Decomposition:
 
     def reconstruct(self) -> torch.Tensor:
         """The kernel this decomposition stands for (O x I x k_h x k_w)."""
-        return _RECONSTRUCTORS[self.method](self)
+        return methods.get(self.method).reconstruct(self)
 
     def params(self, bias: bool = False) -> int:
         """Parameters of the factorised layer (plus C_out for a bias)."""

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from kcp import methods
 from kcp.decompose.moments import PatchMoments
 from kcp.decompose.numerics import relative_error, truncated_svd
 from kcp.decompose.outputs import OutputObjective, check_fit, whitened_svd
-from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.result import Decomposition
 from kcp.decompose.validate import check_kernel, check_rank
 
 
+@methods.implements("svd", "decompose")
 def svd(
     weight: torch.Tensor, rank: int, *, fit: str = "kernel", calibration: PatchMoments | None = None
 ) -> Decomposition:
@@ -38,7 +40,7 @@ def svd(
     return result.to(weight.device, weight.dtype)
 
 
-@register_reconstructor("svd")
+@methods.implements("svd", "reconstruct")
 def _reconstruct(result: Decomposition) -> torch.Tensor:
     f = result.factors
     first = f["first"]

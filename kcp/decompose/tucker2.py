@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from kcp import methods
 from kcp.decompose.moments import PatchMoments
 from kcp.decompose.numerics import relative_error
 from kcp.decompose.numerics import tucker2 as tucker2_hooi
 from kcp.decompose.outputs import check_fit, finish
-from kcp.decompose.result import Decomposition, register_reconstructor
+from kcp.decompose.result import Decomposition
 from kcp.decompose.validate import check_kernel, check_positive, check_rank
 
 
+@methods.implements("tucker2", "decompose")
 def tucker2(
     weight: torch.Tensor,
     in_rank: int,
@@ -51,7 +53,7 @@ def tucker2(
     return result.to(weight.device, weight.dtype)
 
 
-@register_reconstructor("tucker2")
+@methods.implements("tucker2", "reconstruct")
 def _reconstruct(result: Decomposition) -> torch.Tensor:
     f = result.factors
     return torch.einsum("pqhw,op,iq->oihw", f["core"], f["out"], f["in"])

@@ -7,15 +7,12 @@ import copy
 import torch
 from torch import nn
 
+from kcp import methods
 from kcp.decompose import Decomposition, decompose
 from kcp.geometry import ConvGeometry
 from kcp.modules.base import FactorisedConv2d
 from kcp.modules.baselines import CPConv2d, KTConv2d, SVDConv2d, Tucker2Conv2d
 from kcp.modules.kcp_conv import KCPConv2d
-
-MODULES: dict[str, type[FactorisedConv2d]] = {
-    "kcp": KCPConv2d, "kt": KTConv2d, "cp": CPConv2d, "tucker2": Tucker2Conv2d, "svd": SVDConv2d,
-}
 
 
 def check_conv(conv: nn.Module) -> nn.Conv2d:
@@ -45,9 +42,10 @@ def to_module(result: Decomposition, *, geometry: ConvGeometry | None = None, bi
             if bias is not None:
                 layer.bias.copy_(bias)
         return layer
-    if result.method not in MODULES:
+    module = methods.get(result.method).module
+    if module is None:
         raise ValueError(f"no module for method {result.method!r}")
-    return MODULES[result.method].from_decomposition(result, bias=bias, geometry=geometry, **options)
+    return module.from_decomposition(result, bias=bias, geometry=geometry, **options)
 
 
 def from_conv(conv: nn.Conv2d, method: str, *, channel_path: str | None = None, **kwargs) -> nn.Module:
@@ -65,5 +63,5 @@ def from_conv(conv: nn.Conv2d, method: str, *, channel_path: str | None = None, 
     return to_module(result, geometry=ConvGeometry.from_conv(conv), bias=conv.bias, **options)
 
 
-__all__ = ["MODULES", "CPConv2d", "FactorisedConv2d", "KCPConv2d", "KTConv2d", "SVDConv2d", "Tucker2Conv2d",
+__all__ = ["CPConv2d", "FactorisedConv2d", "KCPConv2d", "KTConv2d", "SVDConv2d", "Tucker2Conv2d",
            "check_conv", "from_conv", "to_module"]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kcp import methods
 from kcp.decompose import Decomposition
 from kcp.geometry import ConvGeometry
 
@@ -53,10 +54,15 @@ def depthwise_w(x: torch.Tensor, filters: torch.Tensor | None, geometry: ConvGeo
 class FactorisedConv2d(nn.Module):
     """Base of the factorised convs: a drop-in for ``nn.Conv2d`` that runs a decomposition's factors.
 
-    Subclasses register the factors as parameters and implement ``forward`` and ``factors()``.
+    Subclasses name their ``method``, register the factors as parameters and implement ``forward`` and
+    ``factors()``; defining a subclass enters it into the method table (:mod:`kcp.methods`).
     """
 
     method: str = ""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        methods.implements(cls.method, "module")(cls)
 
     def __init__(self, result: Decomposition, geometry: ConvGeometry, bias: torch.Tensor | None) -> None:
         super().__init__()

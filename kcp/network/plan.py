@@ -25,12 +25,12 @@ import torch
 
 from kcp import zoo
 from kcp.cache import ResultCache
-from kcp.costs import METHODS as ALL_METHODS
 from kcp.decompose import Decomposition
 from kcp.kron import make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import LatencySettings, measure
+from kcp.methods import DECOMPOSITIONS
 from kcp.network.data import NetworkData
-from kcp.sweep import BASELINES, SweepConfig, _Runner, sweep
+from kcp.sweep import SweepConfig, _Runner, sweep
 from kcp.target import LayerTarget
 from kcp.zoo.activations import batch_size
 from kcp.zoo.hooks import thread_hooks
@@ -72,7 +72,7 @@ class Budget:
 class PlanConfig:
     """What the per-layer sweeps try: methods, the KT x CP grid (clamped per layer), fit and decomposition options."""
 
-    methods: tuple[str, ...] = ("kcp", *BASELINES)
+    methods: tuple[str, ...] = DECOMPOSITIONS
     kt_ranks: tuple[int, ...] = GRID
     cp_ranks: tuple[int, ...] = GRID
     fit: str = "kernel"
@@ -81,9 +81,9 @@ class PlanConfig:
     calibration_images: int = CALIBRATION_IMAGES
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in ALL_METHODS or m == "dense"]
+        unknown = [m for m in self.methods if m not in DECOMPOSITIONS]
         if unknown or not self.methods:
-            raise ValueError(f"unknown methods {unknown}: choose from {', '.join(('kcp', *BASELINES))}")
+            raise ValueError(f"unknown methods {unknown}: choose from {', '.join(DECOMPOSITIONS)}")
         if self.fit not in FITS:
             raise ValueError(f"fit must be one of {', '.join(FITS)}, got {self.fit!r}")
         if self.fit == "outputs" and "fit" not in {f.name for f in dataclasses.fields(SweepConfig)}:

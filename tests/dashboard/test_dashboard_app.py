@@ -16,10 +16,11 @@ from dashboard.components.figures import METHOD_LABELS
 from dashboard.components.resources import layer_file
 from dashboard.components.sidebar import widget_key
 from kcp import estimate, zoo
-from kcp.budget import largest_within, rank_family
+from kcp.budget import largest_within
 from kcp.cache import ResultCache
 from kcp.evaluate import evaluate
 from kcp.export import load_layer
+from kcp.methods import rank_family
 from kcp.modules import to_module
 from kcp.sweep import SweepConfig, sweep
 from kcp.target import LayerTarget

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from kcp.decompose import METHODS, Decomposition, cp, decompose, dense, svd, tucker2
+from kcp.decompose import Decomposition, cp, decompose, dense, svd, tucker2
+from kcp.methods import METHODS
 
 
 def kernel(*shape, seed=0):

@@ -6,9 +6,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from kcp.decompose import METHODS, decompose
+from kcp.decompose import decompose
 from kcp.decompose.moments import patch_moments
 from kcp.geometry import ConvGeometry
+from kcp.methods import METHODS
 
 RANKS = {
     "kcp": {"kt_rank": 2, "cp_rank": 2}, "kt": {"kt_rank": 2}, "cp": {"rank": 5},
