@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from kcp import estimate as est
 from kcp import zoo
 from kcp.cache import ResultCache, default_dir
+from kcp.decompose.kcp import REFINE_SWEEPS
 from kcp.engines import ENGINES, Engine, make_engine
 from kcp.evaluate import evaluate, module_for
 from kcp.export import save_layer
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "a comma-separated list, or 'all' (every conv KCP applies to)")
         p.add_argument("--factors", type=_factors, help="factor shape OA,OB,IA,IB (default: balanced pairs)")
         p.add_argument("--placement", choices=("split", "a-spatial"), default="split")
-        p.add_argument("--sweeps", type=int, default=60, help="most refinement sweeps (default 60)")
+        p.add_argument("--sweeps", type=int, default=REFINE_SWEEPS,
+                       help=f"most refinement sweeps (default {REFINE_SWEEPS}; the fit stops once it converges)")
         p.add_argument("--seed", type=int, help="random seed (default: the library's)")
         p.add_argument("--images", type=_positive, help="evaluation images for output error and fidelity "
                                                         "(default per model)")

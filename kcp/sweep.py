@@ -29,6 +29,7 @@ import torch
 from kcp.budget import BUDGET_KINDS, largest_within
 from kcp.cache import ResultCache, cache_key
 from kcp.decompose import Decomposition
+from kcp.decompose.kcp import REFINE_SWEEPS
 from kcp.engines import Cancelled, Engine, Node, make_engine, run_graph
 from kcp.evaluate import evaluate
 from kcp.fit import DEFAULT_FIT, check_fit, decompose_point, point_options
@@ -57,7 +58,7 @@ class SweepConfig:
     methods: tuple[str, ...] = DECOMPOSITIONS
     factors: tuple[int, int, int, int] | None = None
     placement: str = "split"
-    refine_sweeps: int = 60
+    refine_sweeps: int = REFINE_SWEEPS
     tol: float | None = None
     seed: int | None = None
     match: str = "params"

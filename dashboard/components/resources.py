@@ -23,6 +23,7 @@ import torch
 from dashboard.components import workers
 from kcp import jobs, zoo
 from kcp.decompose import Decomposition, KTSpectrum
+from kcp.decompose.kcp import REFINE_SWEEPS
 from kcp.export import layer_state
 from kcp.fit import DEFAULT_FIT, point_options
 from kcp.latency import LatencySettings, PairedTiming
@@ -57,12 +58,12 @@ class Point:
     ranks: tuple[tuple[str, int], ...]
     factors: tuple[int, int, int, int] | None = None
     placement: str = "split"
-    refine_sweeps: int = 60
+    refine_sweeps: int = REFINE_SWEEPS
     fit: str = DEFAULT_FIT
 
     @classmethod
     def make(cls, method: str, ranks: dict[str, int], factors=None, placement: str = "split",
-             refine_sweeps: int = 60, fit: str = DEFAULT_FIT) -> Point:
+             refine_sweeps: int = REFINE_SWEEPS, fit: str = DEFAULT_FIT) -> Point:
         options = METHODS[method].options
         return cls(method, tuple(sorted(ranks.items())), tuple(factors) if "factors" in options and factors else None,
                    placement if "placement" in options else "split",

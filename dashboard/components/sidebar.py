@@ -18,6 +18,7 @@ import torch
 
 from dashboard.components import fmt, guards, resources
 from kcp import zoo
+from kcp.decompose.kcp import REFINE_SWEEPS
 from kcp.fit import DEFAULT_FIT, FITS
 from kcp.kron import FactorShape, balanced_split, make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import DTYPES, LatencySettings
@@ -319,8 +320,9 @@ def render(sliders: bool = True) -> Selection | None:
             kcp_reason = None
     refine = sb.toggle("Joint refinement", help="Block-ALS sweeps over all eight factor blocks after the "
                        "two-stage start.", **keep("refine", True))
-    sweeps = int(sb.number_input("Most refinement sweeps", 1, 500, disabled=not refine,
-                                 **keep("sweeps", 60, lambda v: 1 <= v <= 500)))
+    sweeps = int(sb.number_input("Most refinement sweeps", 1, 10 * REFINE_SWEEPS, disabled=not refine,
+                                 help="The fit stops earlier once it has converged.",
+                                 **keep("sweeps", REFINE_SWEEPS, lambda v: 1 <= v <= 10 * REFINE_SWEEPS)))
     methods = tuple(sb.multiselect("Methods to compare", DECOMPOSITIONS, format_func=lambda m: METHODS[m].label,
                                    **keep("methods", list(DECOMPOSITIONS), lambda v: set(v) <= set(DECOMPOSITIONS))))
     methods = methods or ("kcp",)

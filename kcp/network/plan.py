@@ -26,6 +26,7 @@ import torch
 from kcp import zoo
 from kcp.cache import ResultCache
 from kcp.decompose import Decomposition
+from kcp.decompose.kcp import REFINE_SWEEPS
 from kcp.kron import make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import LatencySettings, measure
 from kcp.methods import DECOMPOSITIONS
@@ -76,7 +77,7 @@ class PlanConfig:
     kt_ranks: tuple[int, ...] = GRID
     cp_ranks: tuple[int, ...] = GRID
     fit: str = "kernel"
-    refine_sweeps: int = 60
+    refine_sweeps: int = REFINE_SWEEPS
     seed: int = 0
     calibration_images: int = CALIBRATION_IMAGES
 
