@@ -12,8 +12,10 @@ import torch
 
 from kcp.decompose.cp import cp
 from kcp.decompose.dense import dense
-from kcp.decompose.kcp import kcp
+from kcp.decompose.kcp import AGREEMENT_TOL, REFINE_SWEEPS, REFINE_TOL, kcp
 from kcp.decompose.kt import KTSpectrum, kt, kt_spectrum
+from kcp.decompose.moments import PatchMoments, patch_moments
+from kcp.decompose.outputs import FITS
 from kcp.decompose.result import Decomposition
 from kcp.decompose.svd import svd
 from kcp.decompose.tucker2 import tucker2
@@ -30,5 +32,5 @@ def decompose(weight: torch.Tensor, method: str, **kwargs) -> Decomposition:
     return METHODS[method](weight, **kwargs)
 
 
-__all__ = ["METHODS", "Decomposition", "KTSpectrum", "cp", "decompose", "dense", "kcp", "kt", "kt_spectrum", "svd",
-           "tucker2"]
+__all__ = ["AGREEMENT_TOL", "FITS", "METHODS", "REFINE_SWEEPS", "REFINE_TOL", "Decomposition", "KTSpectrum",
+           "PatchMoments", "cp", "decompose", "dense", "kcp", "kt", "kt_spectrum", "patch_moments", "svd", "tucker2"]
