@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kcp import costs
-from kcp.decompose.kcp import REFINE_SWEEPS
+from kcp.decompose import REFINE_SWEEPS
 from kcp.decompose.validate import check_rank
 from kcp.geometry import ConvGeometry
 from kcp.kron import FactorShape, max_cp_rank, max_kt_rank

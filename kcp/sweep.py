@@ -28,8 +28,7 @@ import torch
 
 from kcp.budget import BUDGET_KINDS, largest_within
 from kcp.cache import ResultCache, cache_key
-from kcp.decompose import Decomposition
-from kcp.decompose.kcp import REFINE_SWEEPS
+from kcp.decompose import REFINE_SWEEPS, Decomposition
 from kcp.engines import Cancelled, Engine, Node, make_engine, run_graph
 from kcp.evaluate import evaluate
 from kcp.fit import DEFAULT_FIT, check_fit, decompose_point, point_options

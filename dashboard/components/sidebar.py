@@ -18,7 +18,7 @@ import torch
 
 from dashboard.components import fmt, guards, resources
 from kcp import zoo
-from kcp.decompose.kcp import REFINE_SWEEPS
+from kcp.decompose import REFINE_SWEEPS
 from kcp.fit import DEFAULT_FIT, FITS
 from kcp.kron import FactorShape, balanced_split, make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import DTYPES, LatencySettings

@@ -12,8 +12,10 @@ import torch
 from kcp import methods
 from kcp.decompose.cp import cp
 from kcp.decompose.dense import dense
-from kcp.decompose.kcp import kcp
+from kcp.decompose.kcp import AGREEMENT_TOL, REFINE_SWEEPS, REFINE_TOL, kcp
 from kcp.decompose.kt import KTSpectrum, kt, kt_spectrum
+from kcp.decompose.moments import PatchMoments, patch_moments
+from kcp.decompose.outputs import FITS
 from kcp.decompose.result import Decomposition
 from kcp.decompose.svd import svd
 from kcp.decompose.tucker2 import tucker2
@@ -24,5 +26,5 @@ def decompose(weight: torch.Tensor, method: str, **kwargs) -> Decomposition:
     return methods.get(method).decompose(weight, **kwargs)
 
 
-__all__ = ["Decomposition", "KTSpectrum", "cp", "decompose", "dense", "kcp", "kt", "kt_spectrum", "svd",
-           "tucker2"]
+__all__ = ["AGREEMENT_TOL", "FITS", "REFINE_SWEEPS", "REFINE_TOL", "Decomposition", "KTSpectrum", "PatchMoments",
+           "cp", "decompose", "dense", "kcp", "kt", "kt_spectrum", "patch_moments", "svd", "tucker2"]

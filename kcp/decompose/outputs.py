@@ -3,8 +3,8 @@
 With the calibration patches' second moment ``G`` (:mod:`kcp.decompose.moments`), the squared output error of
 a kernel estimate is ``tr((W - W_hat) G (W - W_hat)^T)``. SVD has a closed-form optimum (whitening, in
 :mod:`kcp.decompose.svd`); every other method starts from its kernel fit and refines this objective over all of
-its factors with L-BFGS (strong-Wolfe line search, so every accepted step lowers it; the best iterate is kept,
-so the recorded objective never rises). The gradient with respect to ``W_hat`` is ``-2 (W - W_hat) G`` in
+its factors with L-BFGS (an Armijo backtracking line search accepts only steps that lower it, so the recorded
+objective never rises). The gradient with respect to ``W_hat`` is ``-2 (W - W_hat) G`` in
 closed form, so each evaluation costs one C_out x D x D product plus a backward pass through the cheap
 reconstruction.
 """
@@ -98,9 +98,9 @@ def refine_outputs(
     """``result`` (a float64 CPU kernel fit of ``weight``) refined on the output objective with L-BFGS.
 
     Returns a new result whose ``info`` says what was fitted (``fit``, ``calibration_patches``,
-    ``calibration_inputs``), the relative calibration output error after the start and every iteration
-    (``objective``, never rising), ``iterations``, ``converged`` and ``final_change`` (relative improvement over
-    the last window). ``rel_error`` is left to the caller (it stays the kernel error).
+    ``calibration_inputs``), the relative calibration output error (with the ridge-regularised G) after the start
+    and every iteration (``objective``, never rising), ``iterations``, ``converged`` and ``final_change``
+    (relative improvement over the last window). ``rel_error`` is left to the caller (it stays the kernel error).
     """
     w = weight.reshape(result.kernel_shape).to(torch.float64)
     objective = OutputObjective(w, calibration)
@@ -123,8 +123,7 @@ def refine_outputs(
         return value, flat.grad
 
     x = torch.cat([result.factors[k].detach().to(torch.float64).reshape(-1) for k in keys])
-    history, x = lbfgs(evaluate, x, max_iter=max_iter, tol=tol, window=window,
-                                          callback=callback)
+    history, x = lbfgs(evaluate, x, max_iter=max_iter, tol=tol, window=window, callback=callback)
     best = unpack(x)
     info = dict(result.info)
     for key in ("iterations", "converged", "final_change"):  # the kernel fit's, kept apart from the output fit's own

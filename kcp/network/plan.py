@@ -25,8 +25,7 @@ import torch
 
 from kcp import zoo
 from kcp.cache import ResultCache
-from kcp.decompose import Decomposition
-from kcp.decompose.kcp import REFINE_SWEEPS
+from kcp.decompose import REFINE_SWEEPS, Decomposition
 from kcp.kron import make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import LatencySettings, measure
 from kcp.methods import DECOMPOSITIONS
