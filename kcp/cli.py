@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from kcp import zoo
 from kcp.cache import ResultCache
+from kcp.decompose.kcp import REFINE_SWEEPS
 from kcp.evaluate import evaluate, module_for
 from kcp.export import save_layer
 from kcp.fit import DEFAULT_FIT, FITS, decompose_point, point_options
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--layer", required=True, help="conv layer name (see `python -m kcp layers`)")
         p.add_argument("--factors", type=_factors, help="factor shape OA,OB,IA,IB (default: balanced pairs)")
         p.add_argument("--placement", choices=("split", "a-spatial"), default="split")
-        p.add_argument("--sweeps", type=int, default=60, help="most refinement sweeps (default 60)")
+        p.add_argument("--sweeps", type=int, help=f"most refinement sweeps (default {REFINE_SWEEPS}, the library's; "
+                                                   f"a window stopping rule usually ends sooner)")
         p.add_argument("--seed", type=int, help="random seed (default: the library's)")
         p.add_argument("--images", type=_positive, help="evaluation images for output error and fidelity "
                                                         "(default per model)")

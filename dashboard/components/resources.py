@@ -20,6 +20,7 @@ import torch
 
 from kcp import zoo
 from kcp.decompose import Decomposition, KTSpectrum, kt_spectrum
+from kcp.decompose.kcp import REFINE_SWEEPS
 from kcp.evaluate import evaluate, module_for
 from kcp.export import layer_state
 from kcp.fit import DEFAULT_FIT, decompose_point, point_options
@@ -52,12 +53,12 @@ class Point:
     ranks: tuple[tuple[str, int], ...]
     factors: tuple[int, int, int, int] | None = None
     placement: str = "split"
-    refine_sweeps: int = 60
+    refine_sweeps: int = REFINE_SWEEPS
     fit: str = DEFAULT_FIT
 
     @classmethod
     def make(cls, method: str, ranks: dict[str, int], factors=None, placement: str = "split",
-             refine_sweeps: int = 60, fit: str = DEFAULT_FIT) -> Point:
+             refine_sweeps: int = REFINE_SWEEPS, fit: str = DEFAULT_FIT) -> Point:
         kt_like = method in ("kcp", "kt")
         return cls(method, tuple(sorted(ranks.items())), tuple(factors) if kt_like and factors else None,
                    placement if kt_like else "split", refine_sweeps if method == "kcp" else 0, fit)

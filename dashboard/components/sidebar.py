@@ -20,6 +20,7 @@ from dashboard.components import fmt, guards, resources
 from dashboard.components.figures import METHOD_LABELS
 from kcp import zoo
 from kcp.budget import rank_family
+from kcp.decompose.kcp import REFINE_SWEEPS
 from kcp.fit import DEFAULT_FIT, FITS
 from kcp.kron import FactorShape, balanced_split, make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import DTYPES, LatencySettings
@@ -320,8 +321,8 @@ def render(sliders: bool = True) -> Selection | None:
             kcp_reason = None
     refine = sb.toggle("Joint refinement", help="Block-ALS sweeps over all eight factor blocks after the "
                        "two-stage start.", **keep("refine", True))
-    sweeps = int(sb.number_input("Most refinement sweeps", 1, 500, disabled=not refine,
-                                 **keep("sweeps", 60, lambda v: 1 <= v <= 500)))
+    sweeps = int(sb.number_input("Most refinement sweeps", 1, REFINE_SWEEPS, disabled=not refine,
+                                 **keep("sweeps", REFINE_SWEEPS, lambda v: 1 <= v <= REFINE_SWEEPS)))
     methods = tuple(sb.multiselect("Methods to compare", METHODS, format_func=lambda m: METHOD_LABELS[m],
                                    **keep("methods", list(METHODS), lambda v: set(v) <= set(METHODS)))) or ("kcp",)
     match = sb.radio("Baselines at equal", ("params", "macs"), horizontal=True,
