@@ -49,8 +49,9 @@ class SweepCancelled(Cancelled):
 @dataclass(frozen=True)
 class SweepConfig:
     """What to sweep and what to measure. ``match`` is 'params' or 'macs' (the baselines' budget); ``fit`` is
-    'kernel' or 'outputs' (every method, fitted on the target's calibration images). ``tol`` and ``seed`` left as
-    None take the library's defaults, as the CLI and the dashboard do, so that a point has one value everywhere."""
+    'kernel' or 'outputs' (every method, fitted on the target's calibration images). ``refine_sweeps``, ``tol`` and
+    ``seed`` left as None take the library's defaults, as the CLI and the dashboard do, so that a point has one
+    value everywhere."""
 
     kt_ranks: tuple[int, ...]
     cp_ranks: tuple[int, ...]
