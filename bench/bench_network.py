@@ -31,8 +31,9 @@ from kcp.network.run import RunSettings, Session
 
 PATHS = ("layered", "dense", "merged", "full")
 BATCH, STEPS = 128, 15
-# A 3 x 3 KCP grid and 20 refinement sweeps keep the per-layer sweeps of ResNet-56's 55 convs affordable here.
-CIFAR_PLAN = PlanConfig(methods=("kcp", "kt", "svd"), kt_ranks=(1, 2, 4), cp_ranks=(1, 2, 4), refine_sweeps=20)
+# A 2 x 2 KCP grid and 10 refinement sweeps keep the per-layer sweeps of the ResNets affordable on a shared CPU.
+CIFAR_PLAN = PlanConfig(methods=("kcp", "kt", "svd"), kt_ranks=(1, 2), cp_ranks=(1, 2), refine_sweeps=10)
+CIFAR_MODELS = ("cifar-resnet20", "cifar-resnet56")
 
 
 def step_ms(net, x, y, steps: int = STEPS) -> float:
@@ -89,7 +90,7 @@ def grid(cache: ResultCache) -> dict:
                                               for r in reports]}
 
 
-def cifar(cache: ResultCache) -> list[dict]:
+def cifar(cache: ResultCache, models: tuple[str, ...] = CIFAR_MODELS) -> list[dict]:
     if not (SHARED_WEIGHTS / "resnet20-12fca82f.th").is_file():
         print(f"skipping CIFAR: no weights at {SHARED_WEIGHTS}")
         return []
@@ -97,7 +98,7 @@ def cifar(cache: ResultCache) -> list[dict]:
     if home is None:
         raise SystemExit("set TORCH_HOME to a folder whose hub/checkpoints links the files in ../shared/weights")
     rows = []
-    for name in ("cifar-resnet20", "cifar-resnet56"):
+    for name in models:
         loaded = zoo.load_model(name, download=False)
         session = Session(loaded, network_data(loaded), RunSettings(plan=CIFAR_PLAN), cache=cache)
         for ratio in (5.0, 10.0):
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true")
     parser.add_argument("--cifar", action="store_true")
     parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument("--cifar-models", default=",".join(CIFAR_MODELS))
     parser.add_argument("--out", default="network_cpu.json")
     parser.add_argument("--cache-dir")
     args = parser.parse_args()
@@ -129,7 +131,7 @@ def main() -> None:
         table(result["grid"]["rows"], ["kt_rank", "cp_rank", "compression", "accuracy_zero_shot",
                                        "accuracy_finetuned", "seconds", "cpu_seconds"])
     if args.cifar:
-        result["cifar"] = cifar(cache)
+        result["cifar"] = cifar(cache, tuple(args.cifar_models.split(",")))
         table(result["cifar"], ["model", "budget", "compression", "top1_agreement_zero_shot", "latency_ms",
                                 "dense_latency_ms", "seconds"])
     write(args.out, result)
