@@ -3,9 +3,9 @@
 A request is one decomposition of one layer with what is measured on it: output error on N real images,
 network top-1 on them, latency at a batch. Everything is predicted from the kernel's shape, the ranks, the
 images and the batch, with constants calibrated on this project's machine (2-core AMD EPYC, one thread per
-job, other jobs running: the figures lean pessimistic; ``bench/bench_estimate.py`` re-measures them against
-these predictions). The app and the CLI both decide with :func:`decide`: past a budget they ask first (the CLI:
-``--force``), past a hard ceiling they refuse with the reason.
+job, other jobs running: the figures lean pessimistic; the measurements are in
+``bench/results/estimate_calibration_cpu.json``). The app and the CLI both decide with :func:`decide`: past a
+budget they ask first (the CLI: ``--force``), past a hard ceiling they refuse with the reason.
 
 Evaluation runs in chunks of images whose intermediate tensors stay within ``CHUNK_BYTES``
 (:func:`images_per_chunk`), so a huge module (R = 192, K = 24 on a 64-channel layer: 110,592 middle channels)
