@@ -223,8 +223,12 @@ def estimate(
     parts = {"decompose": decompose_seconds(method, kernel_shape, ranks, refine_sweeps), "evaluate": 0.0,
              "latency": 0.0}
     weights = math.prod(kernel_shape)
+    from kcp.decompose.refine import JOINT_LIMIT
+
     rk = ranks.get("kt_rank", 1) * ranks.get("cp_rank", 1) if method == "kcp" else max(ranks.values(), default=1)
-    peak = 16 * weights * (4 + ranks.get("kt_rank", 1)) + 8 * 8 * rk**2
+    # The kernel and R copies of it in float64, and (when refinement runs) the joint RK x RK systems.
+    joint = 8 * 8 * rk**2 if method != "kcp" or (refine_sweeps and rk <= JOINT_LIMIT) else 0
+    peak = 16 * weights * (4 + ranks.get("kt_rank", 1)) + joint
     if images:
         module = run_seconds(stages, images)
         parts["evaluate"] = module + run_seconds(dense, images)
