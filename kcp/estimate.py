@@ -216,8 +216,10 @@ def estimate(
     images, the network on them where ``network_macs`` (per image, the rest of the network) is given, latency
     where ``latency`` is. Known before anything runs."""
     if method == "kcp" and factor_shape is not None:
-        check_rank("kt_rank", ranks["kt_rank"], max_kt_rank(factor_shape), f"the largest for {factor_shape}")
-        check_rank("cp_rank", ranks["cp_rank"], max_cp_rank(factor_shape), f"the largest for {factor_shape}")
+        where = f"for factor shape {factor_shape}, {factor_shape.placement}"  # kcp()'s own words
+        check_rank("kt_rank", ranks["kt_rank"], max_kt_rank(factor_shape), f"the largest meaningful KT rank {where}")
+        check_rank("cp_rank", ranks["cp_rank"], max_cp_rank(factor_shape),
+                   f"the largest meaningful CP rank of a factor {where}")
     stages = costs.stages(method, kernel_shape, ranks, in_hw, geometry, factor_shape, False, channel_path)
     dense = costs.stages("dense", kernel_shape, {}, in_hw, geometry)
     parts = {"decompose": decompose_seconds(method, kernel_shape, ranks, refine_sweeps), "evaluate": 0.0,
