@@ -3,9 +3,9 @@
 A request is one decomposition of one layer with what is measured on it: output error on N real images,
 network top-1 on them, latency at a batch. Everything is predicted from the kernel's shape, the ranks, the
 images and the batch, with constants calibrated on this project's machine (2-core AMD EPYC, one thread per
-job, other jobs running: the figures lean pessimistic; ``bench/bench_estimate.py`` re-measures them against
-these predictions). The app and the CLI both decide with :func:`decide`: past a budget they ask first (the CLI:
-``--force``), past a hard ceiling they refuse with the reason.
+job, other jobs running: the figures lean pessimistic; the measurements are in
+``bench/results/estimate_calibration_cpu.json``). The app and the CLI both decide with :func:`decide`: past a
+budget they ask first (the CLI: ``--force``), past a hard ceiling they refuse with the reason.
 
 Evaluation runs in chunks of images whose intermediate tensors stay within ``CHUNK_BYTES``
 (:func:`images_per_chunk`), so a huge module (R = 192, K = 24 on a 64-channel layer: 110,592 middle channels)
@@ -33,9 +33,10 @@ TWO_STAGE_BASE, TWO_STAGE_PER_WEIGHT, TWO_STAGE_PER_TERM = 0.3, 8e-6, 0.03
 # Baselines (CP-ALS, Tucker-2 HOSVD, truncated SVDs): per weight and per weight x rank.
 BASELINE_BASE, BASELINE_PER_WEIGHT_RANK = 0.1, 2e-8
 # Running modules: multiply-accumulates per second, and tensor elements written per second (thin layers with
-# many channels are bound by memory traffic, not arithmetic).
+# many channels are bound by memory traffic and per-channel overheads, not arithmetic: digits conv4 at R=16 K=8,
+# 1,024 middle channels, took 19 s for the output error on 450 images, R=64 K=8 84 s; see the calibration file).
 MAC_RATE = 1.0e9
-ELEMENT_RATE = 3.0e8
+ELEMENT_RATE = 1.0e7
 # Intermediate tensors of one chunk of images during evaluation.
 CHUNK_BYTES = 256 * 2**20
 FLOAT32 = 4
@@ -55,6 +56,9 @@ class Limits:
 
 # The live app: a point should take seconds; minutes need a yes; a quarter of an hour is refused.
 APP_LIMITS = Limits(budget_seconds=15.0, budget_bytes=1 * GiB, max_seconds=900.0, max_bytes=4 * GiB)
+# A rank grid in the app: minutes are normal (it shows progress and can be cancelled); over ten need a yes, an
+# hour is refused.
+GRID_LIMITS = Limits(budget_seconds=600.0, budget_bytes=1 * GiB, max_seconds=3600.0, max_bytes=4 * GiB)
 # The command line: sweeps legitimately take minutes; --force lifts the budget, never the ceiling.
 CLI_LIMITS = Limits(budget_seconds=1800.0, budget_bytes=2 * GiB, max_seconds=6 * 3600.0, max_bytes=4 * GiB)
 
@@ -219,15 +223,21 @@ def estimate(
     images, the network on them where ``network_macs`` (per image, the rest of the network) is given, latency
     where ``latency`` is. Known before anything runs."""
     if method == "kcp" and factor_shape is not None:
-        check_rank("kt_rank", ranks["kt_rank"], max_kt_rank(factor_shape), f"the largest for {factor_shape}")
-        check_rank("cp_rank", ranks["cp_rank"], max_cp_rank(factor_shape), f"the largest for {factor_shape}")
+        where = f"for factor shape {factor_shape}, {factor_shape.placement}"  # kcp()'s own words
+        check_rank("kt_rank", ranks["kt_rank"], max_kt_rank(factor_shape), f"the largest meaningful KT rank {where}")
+        check_rank("cp_rank", ranks["cp_rank"], max_cp_rank(factor_shape),
+                   f"the largest meaningful CP rank of a factor {where}")
     stages = costs.stages(method, kernel_shape, ranks, in_hw, geometry, factor_shape, False, channel_path)
     dense = costs.stages("dense", kernel_shape, {}, in_hw, geometry)
     parts = {"decompose": decompose_seconds(method, kernel_shape, ranks, refine_sweeps), "evaluate": 0.0,
              "latency": 0.0}
     weights = math.prod(kernel_shape)
+    from kcp.decompose.refine import JOINT_LIMIT
+
     rk = ranks.get("kt_rank", 1) * ranks.get("cp_rank", 1) if method == "kcp" else max(ranks.values(), default=1)
-    peak = 16 * weights * (4 + ranks.get("kt_rank", 1)) + 8 * 8 * rk**2
+    # The kernel and R copies of it in float64, and (when refinement runs) the joint RK x RK systems.
+    joint = 8 * 8 * rk**2 if method != "kcp" or (refine_sweeps and rk <= JOINT_LIMIT) else 0
+    peak = 16 * weights * (4 + ranks.get("kt_rank", 1)) + joint
     if images:
         module = run_seconds(stages, images)
         parts["evaluate"] = module + run_seconds(dense, images)
@@ -252,13 +262,16 @@ def grid(
     latency: LatencySettings | None = None,
     **options,
 ) -> Estimate:
-    """A KCP grid with ``baselines`` baselines at each point's budget (each costs about what the point's evaluation
-    costs) and the dense row; ``options`` as for :func:`estimate`."""
-    total = estimate("dense", kernel_shape, {}, in_hw, geometry=options.get("geometry"), latency=latency)
+    """A KCP grid with ``baselines`` baselines at each point's budget and the dense row; ``options`` as for
+    :func:`estimate`. A baseline at a KCP point's budget is a thin module: it is counted as evaluating the dense
+    layer once more (and timing it, with ``latency``)."""
+    dense = estimate("dense", kernel_shape, {}, in_hw, latency=latency, **options)
+    per_baseline = dense.parts["evaluate"] + dense.parts["latency"] + BASELINE_BASE
+    total = dense
     for r in kt_ranks:
         for k in cp_ranks:
             point = estimate("kcp", kernel_shape, {"kt_rank": r, "cp_rank": k}, in_hw, latency=latency, **options)
-            extra = (point.parts["evaluate"] + point.parts["latency"]) * baselines
+            extra = per_baseline * baselines
             total = total + point + Estimate(extra, 0, 0, point.dense_params, 0, point.dense_macs, {"baselines": extra})
     return total
 

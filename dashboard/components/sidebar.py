@@ -19,6 +19,7 @@ import torch
 from dashboard.components import fmt, guards, resources
 from kcp import zoo
 from kcp.decompose import REFINE_SWEEPS
+from kcp.estimate import estimate
 from kcp.fit import DEFAULT_FIT, FITS
 from kcp.kron import FactorShape, balanced_split, make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import DTYPES, LatencySettings
@@ -119,6 +120,14 @@ def divisor_pairs(n: int) -> list[tuple[int, int]]:
 def rank_ladder(top: int, current: int) -> list[int]:
     """Ranks to offer for a grid: a roughly geometric ladder up to the largest meaningful rank, and the slider's."""
     return sorted({c for c in LADDER if c <= top} | {top, min(current, top)})
+
+
+def over_dense(selection: Selection, kt_rank: int, cp_rank: int) -> str:
+    """'' for a KCP point cheaper than the dense layer, else a mark saying it is larger or costlier."""
+    info = selection.layer
+    prediction = estimate("kcp", info.weight_shape, {"kt_rank": kt_rank, "cp_rank": cp_rank},
+                          info.in_hw or info.weight_shape[2:], factor_shape=selection.factor_shape())
+    return " ⚠ " + ", ".join(prediction.warnings()) if prediction.warnings() else ""
 
 
 def layer_label(info: zoo.ConvLayerInfo) -> str:

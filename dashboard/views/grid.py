@@ -15,6 +15,7 @@ import streamlit as st
 
 from dashboard.components import figures, guards, resources, sidebar, workers
 from dashboard.components.layer import open_page
+from kcp import estimate as est
 from kcp.kron import max_cp_rank, max_kt_rank
 from kcp.sweep import SweepConfig
 
@@ -127,10 +128,15 @@ def main() -> None:
     top_r, top_k = max_kt_rank(shape), max_cp_rank(shape)
     c1, c2 = st.columns(2)
     kt_options, cp_options = sidebar.rank_ladder(top_r, current[0]), sidebar.rank_ladder(top_k, current[1])
-    kt_ranks = c1.multiselect("KT ranks R", kt_options, **sidebar.keep(
-        f"grid_kt::{top_r}", [r for r in DEFAULT_GRID if r <= top_r], lambda v: set(v) <= set(kt_options)))
-    cp_ranks = c2.multiselect("CP ranks K", cp_options, **sidebar.keep(
-        f"grid_cp::{top_k}", [k for k in DEFAULT_GRID if k <= top_k], lambda v: set(v) <= set(cp_options)))
+    # A rung is marked when, with the sliders' other rank, it makes a point larger or costlier than dense.
+    kt_ranks = c1.multiselect("KT ranks R", kt_options,
+                              format_func=lambda r: f"{r}{sidebar.over_dense(sel, r, current[1])}",
+                              **sidebar.keep(f"grid_kt::{top_r}", [r for r in DEFAULT_GRID if r <= top_r],
+                                             lambda v: set(v) <= set(kt_options)))
+    cp_ranks = c2.multiselect("CP ranks K", cp_options,
+                              format_func=lambda k: f"{k}{sidebar.over_dense(sel, current[0], k)}",
+                              **sidebar.keep(f"grid_cp::{top_k}", [k for k in DEFAULT_GRID if k <= top_k],
+                                             lambda v: set(v) <= set(cp_options)))
     c3, c4, c5 = st.columns(3)
     with_latency = c3.toggle("Measure latency", disabled=sel.latency is None,
                              help="Uses the sidebar's latency settings for every point.",
@@ -146,12 +152,25 @@ def main() -> None:
     config = SweepConfig(kt_ranks=tuple(sorted(kt_ranks)), cp_ranks=tuple(sorted(cp_ranks)), methods=sel.methods,
                          factors=sel.factors, placement=sel.placement, refine_sweeps=sel.refine_sweeps,
                          match=sel.match, fidelity=fidelity, latency=latency, fit=sel.fit)
+    images = 0 if target.inputs is None else len(target.inputs)
+    network = sum(i.macs or 0 for i in resources.layers(sel.loaded) if i.name != sel.layer.name) if fidelity else 0
+    prediction = est.grid(target.kernel_shape, config.kt_ranks, config.cp_ranks, target.in_hw,
+                          baselines=len(sel.baselines), latency=latency, geometry=target.geometry, factor_shape=shape,
+                          refine_sweeps=sel.refine_sweeps, images=images, network_macs=network)
+    decision = est.decide(prediction, est.GRID_LIMITS, forced=st.session_state.get("grid_confirm", False))
     key_now = job_key(key, config)
     job = st.session_state.get(JOB)
     if job is not None and job["state"] == "running":
         job["state"] = "interrupted"  # a run that never finished: another click stopped it
         workers.cancel("grid")
-    if st.button("Compute grid", type="primary", icon=":material/play_arrow:", disabled=points > MAX_POINTS,
+    if decision.action == "refuse":
+        st.error(f"**Not computed**: {decision.reason}", icon=":material/block:")
+    elif decision.action == "confirm" or st.session_state.get("grid_confirm"):
+        st.checkbox(f"Yes, compute it: {decision.reason}", key="grid_confirm")
+    else:
+        st.caption(f"Estimated {prediction.describe()} on this machine.")
+    if st.button("Compute grid", type="primary", icon=":material/play_arrow:",
+                 disabled=points > MAX_POINTS or decision.action != "run",
                  key="grid_compute",
                  help="Finished points are cached on disk: a repeat is instant and a stopped grid resumes."):
         run(key, config, key_now)

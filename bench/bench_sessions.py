@@ -1,0 +1,132 @@
+"""Six browser sessions on one server: five move sliders while a sixth asks for a 65,536 latency batch and the
+largest ranks (and confirms them, so heavy work really runs beside the five).
+
+    python bench/bench_sessions.py [--moves 4]
+
+Goals (issue 11): the five keep a median slider-to-update under 1 s; the sixth gets its refusal or question at
+once; nothing is killed (the server is still up at the end). Debian's Chromium through Playwright, digits-cnn conv4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from _common import REPO, machine, write
+from bench_dashboard import APP, CHROMIUM, _seen_after
+
+TEXT_ON_PAGE = """([text]) => document.body.innerText.includes(text) ? performance.now() : false"""
+
+
+def _start_server(cache: str) -> tuple[subprocess.Popen, int]:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(APP.relative_to(REPO)), "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env={**os.environ, "KCP_CACHE_DIR": cache}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = time.perf_counter()
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+            return proc, port
+        except OSError:
+            if time.perf_counter() - started > 120:
+                raise TimeoutError("streamlit did not start within 120 s") from None
+            time.sleep(0.2)
+
+
+def _slider(page, which: str):
+    return page.get_by_role("slider", name="KT rank R" if which == "kt" else "CP rank K")
+
+
+def _move(page, which: str, step: int) -> float:
+    """One arrow-key step of a slider; seconds until the view names the new point."""
+    slider, other = _slider(page, which), _slider(page, "cp" if which == "kt" else "kt")
+    value, fixed = int(slider.input_value()) + step, int(other.input_value())
+    r, k = (value, fixed) if which == "kt" else (fixed, value)
+    slider.focus()
+    start = page.evaluate("() => performance.now()")
+    page.keyboard.press("ArrowRight" if step > 0 else "ArrowLeft")
+    return _seen_after(page, f"View updated for R={r} K={k} in", start)
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--moves", type=int, default=4, help="slider moves per light session")
+    args = parser.parse_args()
+    proc, port = _start_server(tempfile.mkdtemp(prefix="kcp-sessions-"))
+    report: dict = {"machine": machine(), "loadavg_before": os.getloadavg()}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+            pages = []
+            for _ in range(6):
+                page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                pages.append(page)
+            for page in pages:
+                _seen_after(page, "View updated for R=2 K=4 in", 0.0)
+            heavy, light = pages[5], pages[:5]
+
+            # The sixth: a 65,536 latency batch, then the largest ranks.
+            heavy.get_by_text("Latency settings").click()
+            batch = heavy.get_by_label("Batch")
+            batch.fill("65536")
+            start = heavy.evaluate("() => performance.now()")
+            batch.press("Enter")
+            refused = heavy.wait_for_function(TEXT_ON_PAGE, arg=["timing a batch of 65536"], polling="raf",
+                                              timeout=120_000).json_value()
+            report["batch_65536_answer_s"] = round((refused - start) / 1000, 3)
+            for which in ("kt", "cp"):
+                _slider(heavy, which).focus()
+                start = heavy.evaluate("() => performance.now()")
+                heavy.keyboard.press("End")
+                heavy.wait_for_timeout(300)
+            answer = heavy.wait_for_function(
+                "() => { const t = document.body.innerText; return (t.includes('This point is heavy') || "
+                "t.includes('Not computed: R=')) && performance.now(); }", polling="raf", timeout=120_000)
+            report["max_ranks_answer_s"] = round((answer.json_value() - start) / 1000, 3)
+            text = heavy.evaluate("() => document.body.innerText")
+            report["max_ranks_answer"] = "confirm" if "This point is heavy" in text else "refused"
+            if report["max_ranks_answer"] == "confirm":
+                heavy.get_by_role("button", name="Compute it anyway").click()
+                heavy.wait_for_timeout(1000)
+            report["heavy_running_during_moves"] = report["max_ranks_answer"] == "confirm"
+
+            # The five: round robin, one arrow step each time (alternating sliders and directions).
+            moves: list[float] = []
+            for m in range(args.moves):
+                for page in light:
+                    which = "kt" if m % 2 == 0 else "cp"
+                    moves.append(round(_move(page, which, 1 if m < args.moves // 2 + 1 else -1), 3))
+            report["light_moves_s"] = moves
+            report["light_median_s"] = round(statistics.median(moves), 3)
+            report["light_max_s"] = max(moves)
+            heavy_text = heavy.evaluate("() => document.body.innerText")
+            report["heavy_page_after"] = next((line for line in heavy_text.splitlines()
+                                               if "Computing R=192" in line or "View updated" in line), "")
+            browser.close()
+        report["server_alive_at_end"] = proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    report["loadavg_after"] = os.getloadavg()
+    report["note"] = "2-core machine shared with other engineers' test runs"
+    print({k: v for k, v in report.items() if k != "machine"})
+    write("sessions_cpu.json", report)
+
+
+if __name__ == "__main__":
+    main()
