@@ -18,6 +18,14 @@ def plan(planner):
     return planner.plan(Budget("compression", 30.0))
 
 
+@pytest.fixture(scope="module")
+def small_data(digits_data):
+    """The split with 64 held-out images: enough for the mechanics, quick to evaluate."""
+    from dataclasses import replace
+
+    return replace(digits_data, eval_x=digits_data.eval_x[:64], eval_y=digits_data.eval_y[:64])
+
+
 def _snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -56,32 +64,32 @@ def test_finetuning_raises_held_out_accuracy(digits, digits_data, kcp_planner):
     assert result.final["accuracy"] > zero + 0.3
 
 
-def test_finetuning_reports_progress_and_is_deterministic(digits, digits_data, plan):
-    reference = predictions(digits.model, digits_data.eval_x)
+def test_finetuning_reports_progress_and_is_deterministic(digits, small_data, plan):
+    reference = predictions(digits.model, small_data.eval_x)
     config = FinetuneConfig(steps=4, batch=16, eval_every=2)
     runs = []
     for _ in range(2):
         steps_seen: list[int] = []
-        result = finetune(apply_plan(digits, plan), digits_data, reference_eval=reference, config=config,
-                          progress=lambda step, total, point: steps_seen.append(step))
+        result = finetune(apply_plan(digits, plan), small_data, reference_eval=reference, config=config,
+                          progress=lambda step, total, point, seen=steps_seen: seen.append(step))
         assert steps_seen == [1, 2, 3, 4] and [p["step"] for p in result.curve] == [0, 2, 4]
         runs.append([(p["loss"], p["accuracy"]) for p in result.curve])
     assert runs[0] == runs[1]
 
 
-def test_finetuning_stops_when_asked(digits, digits_data, plan):
-    reference = predictions(digits.model, digits_data.eval_x)
+def test_finetuning_stops_when_asked(digits, small_data, plan):
+    reference = predictions(digits.model, small_data.eval_x)
     calls = iter(range(100))
-    result = finetune(apply_plan(digits, plan), digits_data, reference_eval=reference,
+    result = finetune(apply_plan(digits, plan), small_data, reference_eval=reference,
                       config=FinetuneConfig(steps=50, batch=16), should_stop=lambda: next(calls) >= 3)
     assert result.cancelled and result.steps == 3 and result.curve[-1]["step"] == 3
 
 
-def test_finetuning_without_labels_needs_distillation(digits, digits_data, plan):
+def test_finetuning_without_labels_needs_distillation(digits, small_data, plan):
     from dataclasses import replace
 
-    unlabelled = replace(digits_data, train_y=None)
-    reference = predictions(digits.model, digits_data.eval_x)
+    unlabelled = replace(small_data, train_y=None)
+    reference = predictions(digits.model, small_data.eval_x)
     with pytest.raises(ValueError, match="distill"):
         finetune(apply_plan(digits, plan), unlabelled, reference_eval=reference)
     result = finetune(apply_plan(digits, plan), unlabelled, reference_eval=reference, teacher=digits.model,
@@ -89,14 +97,14 @@ def test_finetuning_without_labels_needs_distillation(digits, digits_data, plan)
     assert result.steps == 2 and result.final["loss"] > 0
 
 
-def test_a_saved_network_loads_back_with_the_same_outputs(digits, digits_data, plan, tmp_path):
+def test_a_saved_network_loads_back_with_the_same_outputs(digits, small_data, plan, tmp_path):
     net = apply_plan(digits, plan)
-    finetune(net, digits_data, reference_eval=predictions(digits.model, digits_data.eval_x),
+    finetune(net, small_data, reference_eval=predictions(digits.model, small_data.eval_x),
              config=FinetuneConfig(steps=3, batch=32))
     save_network(tmp_path / "net.pt", net, digits.arch, {"model": digits.name})
     loaded, meta = load_network(tmp_path / "net.pt")
     assert meta == {"model": "digits-cnn", "arch": "digits-cnn"}
-    x = digits_data.eval_x[:32]
+    x = small_data.eval_x[:32]
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=1e-6)
     torch.save({"format": "something else"}, tmp_path / "other.pt")
