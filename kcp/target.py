@@ -77,7 +77,7 @@ class LayerTarget:
         calibration = None
         if calibration_inputs is not None:
             geometry, kernel_hw = ConvGeometry.from_conv(conv), tuple(conv.weight.shape[2:])
-            calibration = functools.partial(_given, patch_moments(calibration_inputs, kernel_hw, geometry))
+            calibration = fixed_moments(patch_moments(calibration_inputs, kernel_hw, geometry))
         return cls(model="(standalone)", name=name, conv=conv, in_hw=tuple(in_hw), weights_id=digest, inputs=inputs,
                    calibration=calibration,
                    images=None if inputs is None else f"{len(inputs)} given evaluation inputs",
@@ -147,6 +147,11 @@ class LayerTarget:
         if check_fit(fit) == "kernel":
             return {}
         return {"fit": "outputs", "calibration": self.moments()}
+
+
+def fixed_moments(moments: PatchMoments) -> Callable[[], PatchMoments]:
+    """A ``calibration`` for a target whose patch moments are already known (it pickles, unlike a lambda)."""
+    return functools.partial(_given, moments)
 
 
 def _given(moments: PatchMoments) -> PatchMoments:

@@ -26,12 +26,14 @@ import torch
 from kcp import zoo
 from kcp.cache import ResultCache
 from kcp.decompose import REFINE_SWEEPS, Decomposition
+from kcp.decompose.moments import patch_moments
+from kcp.geometry import ConvGeometry
 from kcp.kron import make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import LatencySettings, measure
 from kcp.methods import DECOMPOSITIONS
 from kcp.network.data import NetworkData
 from kcp.sweep import SweepConfig, _Runner, sweep
-from kcp.target import LayerTarget
+from kcp.target import LayerTarget, fixed_moments
 from kcp.zoo.activations import batch_size
 from kcp.zoo.hooks import thread_hooks
 
@@ -86,8 +88,6 @@ class PlanConfig:
             raise ValueError(f"unknown methods {unknown}: choose from {', '.join(DECOMPOSITIONS)}")
         if self.fit not in FITS:
             raise ValueError(f"fit must be one of {', '.join(FITS)}, got {self.fit!r}")
-        if self.fit == "outputs" and "fit" not in {f.name for f in dataclasses.fields(SweepConfig)}:
-            raise ValueError("fit 'outputs' (the data-aware fit) is not available in this build yet: use fit 'kernel'")
 
 
 @dataclass
@@ -197,8 +197,13 @@ class Planner:
     def target(self, name: str) -> LayerTarget:
         if name not in self._targets:
             info = next(i for i in self.infos if i.name == name)
-            self._targets[name] = LayerTarget(self.loaded.name, name, zoo.get_conv(self.loaded, name),
-                                              tuple(info.in_hw), self.loaded.weights_id, self.inputs.get(name))
+            conv, x = zoo.get_conv(self.loaded, name), self.inputs.get(name)
+            # An output fit learns from the same calibration images whose output error ranks the candidates:
+            # neither ever sees the evaluation images the plan is judged on.
+            moments = None if x is None or self.config.fit != "outputs" else fixed_moments(
+                patch_moments(x, conv.kernel_size, ConvGeometry.from_conv(conv)))
+            self._targets[name] = LayerTarget(self.loaded.name, name, conv, tuple(info.in_hw), self.loaded.weights_id,
+                                              x, calibration=moments)
         return self._targets[name]
 
     def sweep_config(self, name: str, kt_ranks, cp_ranks, methods) -> SweepConfig:
@@ -208,10 +213,9 @@ class Planner:
         kts = tuple(sorted({min(r, max_kt_rank(shape)) for r in kt_ranks}))
         cps = tuple(sorted({min(k, max_cp_rank(shape)) for k in cp_ranks}))
         c = self.config
-        options: dict[str, Any] = {"fit": c.fit} if c.fit != "kernel" else {}
         return SweepConfig(kt_ranks=kts, cp_ranks=cps, methods=tuple(methods), refine_sweeps=c.refine_sweeps,
                            seed=c.seed, warm_start=False, output_error=True, fidelity=False, latency=self.latency,
-                           **options)
+                           fit=c.fit)
 
     def rows(self, name: str, kt_ranks=None, cp_ranks=None, methods=None, *,
              should_stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:

@@ -20,7 +20,6 @@ BASE = ["network", "--model", "digits-cnn"]
     (["--compression", "0.5", "--out", "r.json"], "compression budget must be at least 1"),
     (["--macs", "2", "--out", "r.json"], "fraction of the dense network's"),
     (["--kt", "1,2", "--cp", "1", "--save", "n.pt", "--out", "r.json"], "--save and --onnx take one network"),
-    (["--compression", "10", "--fit", "outputs", "--out", "r.json"], "not available in this build yet"),
     (["--compression", "10", "--methods", "kcp,foo", "--out", "r.json"], "unknown methods"),
     (["--compression", "10", "--finetune-steps", "-1", "--out", "r.json"], "--finetune-steps must be >= 0"),
     (["--compression", "10", "--data", "/no/such/folder", "--out", "r.json"], "no such folder"),
