@@ -88,7 +88,7 @@ def _timed(weight, method, **kw):
     return result, time.perf_counter() - start
 
 
-def held_out(points, long: bool = True) -> tuple[list[dict], list[dict]]:
+def held_out(points, long: bool = True, methods=("kcp", *BASELINES)) -> tuple[list[dict], list[dict]]:
     """Held-out output error of every method under both fits, and the default-vs-long convergence gap."""
     rows, gaps = [], []
     for model, layer, r, k, in_issue in points:
@@ -101,6 +101,8 @@ def held_out(points, long: bool = True) -> tuple[list[dict], list[dict]]:
         budget = ref.params()
         plan = [("kcp", {"kt_rank": r, "cp_rank": k})]
         for method in BASELINES:
+            if method not in methods:
+                continue
             ranks = largest_within(method, tuple(w.shape), budget, factor_shape=ref.factor_shape)
             if ranks is not None:
                 plan.append((method, ranks))
@@ -182,13 +184,14 @@ def main() -> None:
     parser.add_argument("--no-long", action="store_true", help="skip the long converged reference runs")
     parser.add_argument("--no-held-out", action="store_true", help="skip the held-out section (and the long runs)")
     parser.add_argument("--no-speed", action="store_true", help="skip the timing section")
+    parser.add_argument("--methods", default="kcp,kt,cp,tucker2,svd", help="methods of the held-out section")
     args = parser.parse_args()
     torch.set_num_threads(1)
     points = [p for p in POINTS if p[4] or not args.quick]
     payload: dict = {"machine": machine(), "threads": 1}
     if not args.no_held_out:
         print("== held-out output error, fit='kernel' vs fit='outputs' (equal parameters) ==")
-        rows, gaps = held_out(points, long=not args.no_long)
+        rows, gaps = held_out(points, long=not args.no_long, methods=tuple(args.methods.split(",")))
         table(rows, ["model", "layer", "R", "K", "method", "ranks", "params", "heldout_kernel_fit",
                      "heldout_output_fit", "ratio", "kernel_err_output_fit", "iterations", "t_kernel_s", "t_outputs_s"])
         payload["held_out"] = rows
