@@ -323,7 +323,10 @@ def _cmd_sweep(args) -> int:
     total = None
     for target in targets:
         shape = make_factor_shape(target.kernel_shape, args.factors, args.placement)
-        config.check(shape)
+        try:
+            config.check(shape)
+        except ValueError as exc:
+            raise ValueError(f"layer {target.name}: {exc}" if len(targets) > 1 else str(exc)) from None
         images = 0 if target.inputs is None else len(target.inputs)
         network = _network_macs(loaded, target.name) if target.fidelity else 0
         baselines = sum(m != "kcp" for m in args.methods)
