@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import untimed
+from engine_support import untimed
 
 from kcp import zoo
 from kcp.cli import main

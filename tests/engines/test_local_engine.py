@@ -5,8 +5,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 
 import pytest
-from conftest import CONFIG, make_target, untimed
 from engine_faults import calls
+from engine_support import CONFIG, make_target, untimed
 
 from kcp.cache import ResultCache
 from kcp.engines import Engine, Node, TaskFailed, make_engine, run_graph

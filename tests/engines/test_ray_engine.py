@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import engine_faults
 import pytest
-from conftest import CONFIG, make_target, untimed
 from engine_faults import calls
+from engine_support import CONFIG, make_target, untimed
 
 from kcp.cache import ResultCache
 from kcp.engines import make_engine
