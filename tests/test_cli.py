@@ -79,6 +79,7 @@ def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
     assert len(err.splitlines()) == 1 and message in err and err.startswith("python -m kcp: error:")
 
 
+@pytest.mark.slow
 def test_module_entry_point_in_a_real_process():
     proc = subprocess.run([sys.executable, "-m", "kcp", "decompose", "--model", "digits-cnn", "--layer", "conv4",
                            "--kt", "1", "--cp", "99"], capture_output=True, text=True, timeout=120)
