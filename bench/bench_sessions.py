@@ -76,8 +76,8 @@ def main() -> None:
                 page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
                 page.goto(f"http://127.0.0.1:{port}/")
                 pages.append(page)
-            for page in pages:
-                _seen_after(page, "View updated for R=2 K=4 in", 0.0)
+            for page in pages:  # the first views: workers start, load the model and capture activations
+                page.wait_for_function(TEXT_ON_PAGE, arg=["View updated for R=2 K=4 in"], timeout=600_000)
             heavy, light = pages[5], pages[:5]
 
             # The sixth: a 65,536 latency batch, then the largest ranks.

@@ -109,6 +109,7 @@ def test_decompose_fitted_to_outputs_says_on_what(capsys):
     assert report["top1_changed"] == round((1 - report["top1_agreement"]) * 100)
 
 
+@pytest.mark.slow
 def test_module_entry_point_in_a_real_process():
     proc = subprocess.run([sys.executable, "-m", "kcp", "decompose", "--model", "digits-cnn", "--layer", "conv4",
                            "--kt", "1", "--cp", "99"], capture_output=True, text=True, timeout=120)

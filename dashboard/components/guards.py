@@ -6,21 +6,20 @@ too large) is shown as a message that says why and what to do; only real bugs re
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TypeVar
 
 import streamlit as st
 
 from dashboard.components import fmt
 from kcp import zoo
-from kcp.latency import DTYPES
 from kcp.workers import JobCancelled, WorkerDied
 
 T = TypeVar("T")
 
-# The most memory one request (activations kept for a layer, one latency batch) may take, unless less is free.
+# The most memory the activations kept for one layer may take, unless less is free (requests are judged by
+# kcp.estimate).
 DEFAULT_LIMIT_BYTES = 4 * 2**30
 LIMIT_ENV = "KCP_DASHBOARD_MAX_BYTES"
 FLOAT32_BYTES = 4
@@ -61,12 +60,6 @@ def check_fits(what: str, need: int, fix: str) -> None:
 def activation_bytes(n_images: int, in_channels: int, in_hw: tuple[int, int]) -> int:
     """Memory held by the real activations captured at a layer: N x C x H x W float32 values."""
     return n_images * in_channels * in_hw[0] * in_hw[1] * FLOAT32_BYTES
-
-
-def batch_bytes(shapes: Sequence[tuple[int, ...]], batch: int, dtype: str) -> int:
-    """Memory of the largest input plus output of one layer in a timed batch (the peak while it runs)."""
-    size = DTYPES[dtype].itemsize if dtype in DTYPES else FLOAT32_BYTES
-    return 2 * batch * max((math.prod(s) for s in shapes), default=0) * size
 
 
 def explain(exc: Exception) -> str | None:

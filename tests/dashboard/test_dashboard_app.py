@@ -92,6 +92,7 @@ def test_changing_layer_recomputes(app: AppTest, digits: zoo.LoadedModel) -> Non
     assert_cards_match(app, expected(LayerTarget.from_zoo(digits, "conv2"), 2, 4, factors=shape.channels))
 
 
+@pytest.mark.slow
 def test_factor_shape_and_refinement_change_the_result_and_clamp_the_sliders(app: AppTest,
                                                                               conv4: LayerTarget) -> None:
     app.toggle(key=W("refine")).set_value(False).run()
@@ -136,6 +137,7 @@ def test_trivial_split_can_be_forced(app: AppTest) -> None:
     assert app.slider(key=KT).max == kcp.max_kt_rank(shape)
 
 
+@pytest.mark.slow
 def test_grid_computes_caches_and_matches_the_library(app: AppTest, conv4: LayerTarget, cache_dir: Path) -> None:
     app.switch_page("views/grid.py").run()
     no_errors(app)
@@ -264,6 +266,7 @@ def test_upload_of_bare_kernels(app: AppTest, tmp_path: Path) -> None:
     assert shown["Kernel error"] == fmt.error(kcp.kcp(weight, 2, 4, factors=(4, 4, 2, 4)).rel_error)
 
 
+@pytest.mark.slow
 def test_grouped_conv_is_explained_without_a_traceback(app: AppTest) -> None:
     from torchvision import models as tvm
 
@@ -338,6 +341,7 @@ def test_latency_in_other_dtypes_is_measured_or_explained(app: AppTest, dtype: s
         assert any(f"{dtype}, batch 1" in c.value for c in app.caption)
 
 
+@pytest.mark.slow
 def test_sessions_keep_their_own_state(conv4: LayerTarget) -> None:
     one = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py"), default_timeout=180)
     two = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py"), default_timeout=180)

@@ -20,6 +20,7 @@ def planted_kcp(out=(4, 4), inp=(4, 4), k=3, r=2, rank=3, seed=0) -> torch.Tenso
     return w
 
 
+@pytest.mark.slow
 def test_planted_kcp_is_recovered_at_its_ranks():
     w = planted_kcp()
     result = kcp(w, 2, 3, refine_sweeps=5000, tol=1e-12)
@@ -85,6 +86,7 @@ def test_large_rank_products_skip_the_joint_solve_and_say_why():
     assert r.rel_error < kt(w, 64).rel_error + 0.05
 
 
+@pytest.mark.slow
 def test_real_kernels_error_falls_with_either_rank(resnet56_state):
     for name in ("layer3.5.conv1.weight", "layer2.3.conv2.weight"):
         w = resnet56_state[name]

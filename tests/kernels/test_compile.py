@@ -24,6 +24,9 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 
 import triton  # noqa: E402
 
+# compiles Triton kernels for an H100 target (5-20 s each here)
+pytestmark = pytest.mark.slow
+
 SMEM_LIMIT = 227 * 1024  # an H100's opt-in shared memory per block
 PTR_F32 = {"taps_ptr", "b_ptr"}
 

@@ -33,6 +33,9 @@ from kcp.geometry import ConvGeometry
 from kcp.kernels import FUSED_VARIANTS
 from kcp.kernels.checks import random_kcp, reference, rel_max_err, run_checks
 
+# the Triton interpreter compiles every kernel first (minutes on this machine)
+pytestmark = pytest.mark.slow
+
 out = {"checks": run_checks(FUSED_VARIANTS)}
 m = random_kcp((12, 8, 3, 3), 2, 3, geometry=ConvGeometry.make(2, 1), channel_path="fused")
 x = torch.randn(2, 8, 7, 9)

@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
+@pytest.mark.slow
 def test_gpu_bench_dry_run(tmp_path):
     out = tmp_path / "gpu_kcp.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from kcp.zoo import conv_layers, sample_images, train_digits
@@ -36,6 +37,7 @@ def test_kcp_has_layers_to_bite_on(digits):
     assert len(big) >= 3 and all(i.kcp_ok for i in big)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic(tmp_path: Path):
     threads = torch.get_num_threads()
     first = train_digits.main(["--epochs", "1", "--out", str(tmp_path / "a")])

@@ -47,6 +47,7 @@ def test_with_layer_copies_only_the_path(resnet18):
             with_layer(model, bad, nn.Identity())
 
 
+@pytest.mark.slow
 def test_full_rank_kt_leaves_the_digits_network_unchanged(digits):
     fid = network_fidelity(digits, "conv3", full_rank_kt(digits.convs["conv3"]))
     assert fid.n_images == 450 and fid.top1_agreement == 1.0
@@ -54,6 +55,7 @@ def test_full_rank_kt_leaves_the_digits_network_unchanged(digits):
     assert fid.logit_rel_error < 1e-4
 
 
+@pytest.mark.slow
 def test_full_rank_kt_leaves_resnet18_unchanged(resnet18):
     layer = "layer3.0.conv2"
     module = full_rank_kt(resnet18.convs[layer])
@@ -65,6 +67,7 @@ def test_full_rank_kt_leaves_resnet18_unchanged(resnet18):
     assert fid.top1_agreement == 1.0 and fid.accuracy is None and fid.n_images == 2
 
 
+@pytest.mark.slow
 def test_full_rank_kt_on_the_real_cifar_resnet(cifar_home):
     loaded = load_model("cifar-resnet20", download=False)
     fid = network_fidelity(loaded, "layer3.1.conv1", full_rank_kt(loaded.convs["layer3.1.conv1"]))

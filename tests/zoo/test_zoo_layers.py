@@ -122,6 +122,7 @@ def test_layer_inputs_are_the_real_activations(resnet18):
     assert torch.equal(layer_inputs(resnet18, "conv1", 2), x)
 
 
+@pytest.mark.slow
 def test_layer_inputs_shapes_on_small_models(digits, cifar_home):
     assert layer_inputs(digits, "conv3").shape == (450, 32, 8, 8)
     assert layer_inputs(digits, "conv1", 10).shape == (10, 1, 16, 16)
