@@ -18,7 +18,7 @@ from kcp import estimate as est
 from kcp import zoo
 from kcp.cache import ResultCache, default_dir
 from kcp.decompose import REFINE_SWEEPS
-from kcp.engines import ENGINES, Engine, make_engine
+from kcp.engines import ENGINES, Engine, check_engine, make_engine
 from kcp.evaluate import evaluate, module_for
 from kcp.export import save_layer
 from kcp.fit import DEFAULT_FIT, FITS, decompose_point, point_options
@@ -314,6 +314,7 @@ def _cmd_sweep(args) -> int:
     if args.latency:
         latency = LatencySettings(device=args.device, dtype=args.dtype, batch=args.batch,
                                   channels_last=args.channels_last, cuda_graph=args.cuda_graph)
+    check_engine(args.engine, workers=args.workers, threads=args.threads, address=args.ray_address)
     loaded = _load(args)
     targets = [_target(args, loaded, fidelity=not args.no_fidelity, layer=name)
                for name in _sweep_layers(loaded, args.layer)]

@@ -95,6 +95,19 @@ class Engine:
         self.close()
 
 
+def check_engine(name: str | None, *, workers: int | None = None, threads: int = 1,
+                 address: str | None = None) -> None:
+    """Refuse engine settings that cannot work (before any work is done), with what to give instead."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    if address is not None and name != "ray":
+        raise ValueError("a Ray address needs engine 'ray' (--engine ray)")
+    if name is not None and name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}: choose from {', '.join(ENGINES)}")
+
+
 def make_engine(name: str | None, *, workers: int | None = None, threads: int = 1,
                 address: str | None = None) -> Engine:
     """The engine called ``name`` ('local' or 'ray'; None for in-process).
@@ -102,12 +115,7 @@ def make_engine(name: str | None, *, workers: int | None = None, threads: int = 
     ``workers``: local processes, or the CPUs of a local Ray instance (default: cores // threads);
     ``threads``: torch threads in each worker; ``address``: an existing Ray cluster (``ray.init(address=...)``).
     """
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
-    if address is not None and name != "ray":
-        raise ValueError("a Ray address needs engine 'ray' (--engine ray)")
+    check_engine(name, workers=workers, threads=threads, address=address)
     if name is None:
         return Engine()
     if name == "local":

@@ -27,7 +27,7 @@ class LoggedFidelity:
         self.conv, self.inputs, self.log = conv, inputs, Path(log)
         self.crash_once, self.crash_on = crash_once, crash_on
 
-    def __call__(self, module: nn.Module) -> Fidelity:
+    def __call__(self, module: nn.Module, batch: int | None = None) -> Fidelity:
         with self.log.open("a") as f:
             f.write(f"{type(module).__name__} {os.getpid()}\n")
         marker = self.log.with_suffix(".crashed")
@@ -38,7 +38,7 @@ class LoggedFidelity:
             ref, out = self.conv(self.inputs).argmax(1), module(self.inputs).argmax(1)
         agree = (ref == out).float().mean().item()
         return Fidelity(top1_agreement=agree, accuracy=None, baseline_accuracy=None, n_images=len(self.inputs),
-                        logit_rel_error=0.0)
+                        logit_rel_error=0.0, n_changed=int((ref != out).sum()))
 
 
 def calls(log: Path) -> list[str]:

@@ -91,9 +91,9 @@ def test_a_point_that_keeps_failing_is_reported_in_its_row(tmp_path, reference, 
             raise ArithmeticError("no convergence")
         return real(weight, method, **kwargs)
 
-    from kcp.sweep import decompose as real
+    from kcp.fit import decompose as real
 
-    monkeypatch.setattr("kcp.sweep.decompose", failing_tucker)
+    monkeypatch.setattr("kcp.fit.decompose", failing_tucker)
     rows = sweep(make_target(tmp_path / "log"), CONFIG, cache=ResultCache(tmp_path)).rows
     assert len(rows) == len(reference)
     for row, ref in zip(rows, untimed(reference)):
