@@ -14,6 +14,7 @@ import streamlit as st
 
 from dashboard.components import fmt
 from kcp import zoo
+from kcp.estimate import available_memory
 from kcp.workers import JobCancelled, WorkerDied
 
 T = TypeVar("T")
@@ -27,18 +28,6 @@ FLOAT32_BYTES = 4
 
 class RequestTooLarge(ValueError):
     """A request refused before it runs because it would need more memory than this app allows."""
-
-
-def available_memory() -> int:
-    """Bytes the kernel says are available now (MemAvailable), or a conservative guess where it cannot say."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 2 * DEFAULT_LIMIT_BYTES
 
 
 def memory_limit() -> int:
