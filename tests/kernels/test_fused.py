@@ -27,14 +27,14 @@ UNFUSED = ("layered", "dense", *CONV_PATHS)
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 # Runs every case along both Triton variants, plus the module-level behaviour, under the interpreter.
+# The Triton interpreter compiles every kernel first (minutes on this machine).
+pytestmark = pytest.mark.slow
+
 _INTERPRETED = """
 import json, torch
 from kcp.geometry import ConvGeometry
 from kcp.kernels import FUSED_VARIANTS
 from kcp.kernels.checks import random_kcp, reference, rel_max_err, run_checks
-
-# the Triton interpreter compiles every kernel first (minutes on this machine)
-pytestmark = pytest.mark.slow
 
 out = {"checks": run_checks(FUSED_VARIANTS)}
 m = random_kcp((12, 8, 3, 3), 2, 3, geometry=ConvGeometry.make(2, 1), channel_path="fused")
