@@ -13,6 +13,7 @@ from typing import Any
 
 from kcp import zoo
 from kcp.cache import ResultCache
+from kcp.engines import ENGINES, Engine, check_engine, make_engine
 from kcp.export import save_network
 from kcp.latency import LatencySettings
 from kcp.network.data import network_data
@@ -46,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser, ints, methods) -> None:
     p.add_argument("--onnx", help="export the compressed network to this .onnx file (checked in onnxruntime)")
     p.add_argument("--cache-dir", help="result cache folder (default $KCP_CACHE_DIR or ~/.cache/kcp-rank-explorer)")
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--engine", choices=ENGINES, help="where the per-layer sweeps run: a local process pool or a "
+                                                     "Ray cluster (default: this process)")
+    p.add_argument("--workers", type=int, help="local worker processes, or CPUs of a local Ray instance")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    p.add_argument("--ray-address", help="an existing Ray cluster, e.g. ray://head:10001 (with --engine ray)")
     p.add_argument("--out", required=True, help="output .json or .csv")
 
 
@@ -84,6 +90,12 @@ def _steps_bar(label: str):
 def run(args) -> int:
     """The command: bad arguments raise ValueError (the CLI reports them on one line, exit 2)."""
     _check(args)
+    check_engine(args.engine, workers=args.workers, threads=args.threads, address=args.ray_address)
+    with make_engine(args.engine, workers=args.workers, threads=args.threads, address=args.ray_address) as engine:
+        return _run(args, engine)
+
+
+def _run(args, engine: Engine) -> int:
     loaded = zoo.load_model(args.model, arch=args.arch)
     if args.save and loaded.arch is None:
         raise ValueError("--save needs a zoo architecture: give --arch for a checkpoint")
@@ -98,7 +110,8 @@ def run(args) -> int:
                                 distill=args.distill),
         latency=LatencySettings(device=args.device, runs=20),
     )
-    session = Session(loaded, data, settings, cache=None if args.no_cache else ResultCache(args.cache_dir))
+    session = Session(loaded, data, settings, cache=None if args.no_cache else ResultCache(args.cache_dir),
+                      engine=engine)
     started = time.perf_counter()
     if args.kt is not None and not (args.save or args.onnx):
         reports, cancelled = session.grid(args.kt, args.cp, progress=_grid_bar(len(args.kt) * len(args.cp)))

@@ -27,6 +27,7 @@ from kcp import zoo
 from kcp.cache import ResultCache
 from kcp.decompose import REFINE_SWEEPS, Decomposition
 from kcp.decompose.moments import patch_moments
+from kcp.engines import Engine
 from kcp.geometry import ConvGeometry
 from kcp.kron import make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import LatencySettings, measure
@@ -182,10 +183,12 @@ class Planner:
     """The per-layer sweeps of one model on one calibration set, and plans made from them."""
 
     def __init__(self, loaded: zoo.LoadedModel, data: NetworkData, config: PlanConfig | None = None, *,
-                 cache: ResultCache | None = None, latency: LatencySettings | None = None) -> None:
+                 cache: ResultCache | None = None, latency: LatencySettings | None = None,
+                 engine: Engine | None = None) -> None:
         if loaded.model is None:
             raise ValueError(f"{loaded.name} is a bare state dict: a network plan needs the network")
         self.loaded, self.config, self.cache, self.latency = loaded, config or PlanConfig(), cache, latency
+        self.engine = engine  # where the per-layer sweeps run (None: this process)
         self.infos = zoo.conv_layers(loaded)
         self.eligible = [i.name for i in self.infos if i.kcp_ok and i.in_hw is not None]
         images = data.calibration(self.config.calibration_images)
@@ -224,7 +227,7 @@ class Planner:
         config = self.sweep_config(name, kt_ranks or c.kt_ranks, cp_ranks or c.cp_ranks, methods or c.methods)
         key = (name, config.kt_ranks, config.cp_ranks, config.methods)
         if key not in self._rows:
-            result = sweep(self.target(name), config, cache=self.cache, should_stop=should_stop)
+            result = sweep(self.target(name), config, cache=self.cache, should_stop=should_stop, engine=self.engine)
             if result.cancelled:
                 raise PlanCancelled(f"stopped during the sweep of {name}")
             self._rows[key] = result.rows

@@ -17,6 +17,7 @@ from torch import nn
 
 from kcp import zoo
 from kcp.cache import ResultCache, cache_key
+from kcp.engines import Engine
 from kcp.latency import LatencySettings
 from kcp.network.apply import apply_plan, network_costs, predictions, scores
 from kcp.network.data import NetworkData
@@ -57,8 +58,8 @@ class Session:
     """One model on one data set: the dense network's figures (measured once) and the planner's sweeps."""
 
     def __init__(self, loaded: zoo.LoadedModel, data: NetworkData, settings: RunSettings | None = None, *,
-                 cache: ResultCache | None = None) -> None:
-        self.loaded, self.data, self.cache = loaded, data, cache
+                 cache: ResultCache | None = None, engine: Engine | None = None) -> None:
+        self.loaded, self.data, self.cache, self.engine = loaded, data, cache, engine
         self.settings = settings or RunSettings()
         self.reference = predictions(loaded.model, data.eval_x)
         self.dense = scores(self.reference, data.eval_y, self.reference)
@@ -69,7 +70,8 @@ class Session:
     def planner(self) -> Planner:
         if self._planner is None:
             latency = LAYER_LATENCY if self.settings.latency is not None else None
-            self._planner = Planner(self.loaded, self.data, self.settings.plan, cache=self.cache, latency=latency)
+            self._planner = Planner(self.loaded, self.data, self.settings.plan, cache=self.cache, latency=latency,
+                                    engine=self.engine)
         return self._planner
 
     def run(self, plan: Plan, *, tune: bool = True, progress: Callable[[int, int, dict | None], None] | None = None,

@@ -23,6 +23,8 @@ BASE = ["network", "--model", "digits-cnn"]
     (["--compression", "10", "--methods", "kcp,foo", "--out", "r.json"], "unknown methods"),
     (["--compression", "10", "--finetune-steps", "-1", "--out", "r.json"], "--finetune-steps must be >= 0"),
     (["--compression", "10", "--data", "/no/such/folder", "--out", "r.json"], "no such folder"),
+    (["--compression", "10", "--ray-address", "ray://head:10001", "--out", "r.json"], "a Ray address needs engine"),
+    (["--compression", "10", "--engine", "local", "--workers", "0", "--out", "r.json"], "workers must be at least 1"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -65,3 +67,17 @@ def test_uniform_grid_csv_has_one_row_per_combination(tmp_path):
     assert [(r["kt_rank"], r["cp_rank"]) for r in rows] == [("1", "1"), ("2", "1")]
     assert {"compression", "accuracy_zero_shot", "latency_ms", "params"} <= set(rows[0])
     assert float(rows[0]["compression"]) > float(rows[1]["compression"])
+
+
+@pytest.mark.slow
+def test_a_plan_is_the_same_when_its_layer_sweeps_run_on_the_local_engine(tmp_path):
+    """The per-layer sweeps of a plan on a process pool choose the same methods and ranks as in this process."""
+    plans = []
+    for engine in ([], ["--engine", "local", "--workers", "2"]):
+        out = tmp_path / f"plan{len(plans)}.json"
+        args = [*BASE, "--compression", "8", "--methods", "kcp,svd", "--calibration-images", "64",
+                "--cache-dir", str(tmp_path / f"cache{len(plans)}"), *engine, "--out", str(out)]
+        assert main(args) == 0
+        report = json.loads(out.read_text())
+        plans.append([(layer["name"], layer["method"], layer["ranks"], layer["params"]) for layer in report["layers"]])
+    assert plans[0] == plans[1]
