@@ -59,7 +59,9 @@ def test_unwritable_paths_exit_2_with_one_line(tmp_path, capsys, flag, value):
 @pytest.mark.slow
 def test_the_largest_ranks_end_in_a_result_with_bounded_memory(tmp_path):
     # R = 192, K = 24 on conv4: a module with R K^2 = 110,592 middle channels. Unchunked, the network check alone
-    # would hold 50 images x 110,592 x 8 x 8 floats per stage (1.4 GB each); chunked it stays near CHUNK_BYTES.
+    # would hold 50 images x 110,592 x 8 x 8 floats per stage (1.4 GB each, three stages alive at once: over 4 GB);
+    # chunked, the evaluation stays near CHUNK_BYTES and the process (torch, the model, the factors) under 3 GB
+    # (measured 1.5-1.95 GB from run to run).
     # The CLI's own peak (RUSAGE_SELF in the child), not that of every process this test session has started.
     args = ["decompose", *LAYER, "--kt", "192", "--cp", "24", "--images", "50", "--json"]
     code = ("import resource, runpy, sys\n"
@@ -72,4 +74,4 @@ def test_the_largest_ranks_end_in_a_result_with_bounded_memory(tmp_path):
     assert report["kt_rank"] == 192 and report["params"] > report["dense_params"]
     assert 0 <= report["output_rel_error"] < 1e-3  # at the largest ranks KCP is exact
     peak_mb = int(done.stderr.split("PEAK_KB")[-1].split()[0]) / 1024
-    assert peak_mb < 1500, f"peak {peak_mb:.0f} MB"
+    assert peak_mb < 3000, f"peak {peak_mb:.0f} MB"
