@@ -131,6 +131,17 @@ def live(model: str | None, layer: str | None) -> dict:
         at.selectbox(key=key).set_value(layer).run()
     opened = time.perf_counter() - t
     assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    times, inside = slider_moves(at)
+    shown = {m.label: m.value for m in at.metric}
+    return {"open_s": round(opened, 2), "moves": [f"{w}={v}" for w, v in MOVES],
+            "rerun_s": [round(x, 3) for x in times], "median_rerun_s": round(statistics.median(times), 3),
+            "page_s": inside, "median_page_s": round(statistics.median(inside), 3), "last_cards": shown}
+
+
+def slider_moves(at) -> tuple[list[float], list[float]]:
+    """Each of MOVES on an open app: the rerun's wall time, and the time the page itself reports for the update."""
+    from dashboard.components.sidebar import widget_key
+
     times, inside = [], []
     for which, value in MOVES:
         slider = at.slider(key=widget_key("kt_rank" if which == "kt" else "cp_rank"))
@@ -140,10 +151,7 @@ def live(model: str | None, layer: str | None) -> dict:
         assert not at.exception, [e.value for e in at.exception]
         note = next(c.value for c in at.caption if "View updated for" in c.value)
         inside.append(float(note.rsplit(" in ", 1)[1].split(" s")[0]))
-    shown = {m.label: m.value for m in at.metric}
-    return {"open_s": round(opened, 2), "moves": [f"{w}={v}" for w, v in MOVES],
-            "rerun_s": [round(x, 3) for x in times], "median_rerun_s": round(statistics.median(times), 3),
-            "page_s": inside, "median_page_s": round(statistics.median(inside), 3), "last_cards": shown}
+    return times, inside
 
 
 def seed_resnet18(home: Path) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_dashboard import APP, MOVES, cpu_name  # noqa: E402
+from bench.bench_dashboard import APP, MOVES, cpu_name, slider_moves  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "weights"
 # (model or checkpoint, layer, KT rank, CP rank): the digits point of the issue, and a CIFAR one from its table.
@@ -48,15 +48,7 @@ def moves(fit: str) -> dict:
     at.radio(key=widget_key("fit")).set_value(fit).run()
     switched = time.perf_counter() - t
     assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
-    times, inside = [], []
-    for which, value in MOVES:
-        slider = at.slider(key=widget_key("kt_rank" if which == "kt" else "cp_rank"))
-        t = time.perf_counter()
-        slider.set_value(value).run()
-        times.append(time.perf_counter() - t)
-        assert not at.exception, [e.value for e in at.exception]
-        note = next(c.value for c in at.caption if "View updated for" in c.value)
-        inside.append(float(note.rsplit(" in ", 1)[1].split(" s")[0]))
+    times, inside = slider_moves(at)
     return {"switch_s": round(switched, 2), "rerun_s": [round(x, 3) for x in times],
             "median_rerun_s": round(statistics.median(times), 3), "page_s": inside,
             "median_page_s": round(statistics.median(inside), 3),
