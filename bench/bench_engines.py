@@ -22,11 +22,12 @@ from _common import SHARED_WEIGHTS, machine, table, write
 from kcp import zoo
 from kcp.cache import ResultCache
 from kcp.engines import Engine, Node, make_engine, run_graph
+from kcp.schema import TIMING_COLUMNS
 from kcp.sweep import SweepConfig, sweep_network
 from kcp.target import LayerTarget
 
 WEIGHTS = "resnet20-12fca82f.th"
-TIMED = ("seconds", "latency_ms", "dense_latency_ms", "device")
+TIMED = ("seconds", *TIMING_COLUMNS)
 
 
 def _noop(x: int) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 class Column:
     """One column. ``kind`` is its Python type (None is allowed for every column: not measured);
     ``label`` names it on axes and in tables, ``title`` on a card; ``log`` says that it spans orders of
-    magnitude, so figures draw it on a log axis."""
+    magnitude, so figures draw it on a log axis; ``timing`` marks what a latency measurement fills in."""
 
     name: str
     kind: type
@@ -24,6 +24,7 @@ class Column:
     help: str
     log: bool = False
     title: str = ""
+    timing: bool = False
 
 
 ROW: tuple[Column, ...] = (
@@ -59,24 +60,31 @@ ROW: tuple[Column, ...] = (
     Column("accuracy", float, "accuracy", "accuracy of the network with this layer replaced (labelled images)"),
     Column("dense_accuracy", float, "dense accuracy", "accuracy of the unchanged network on the same images"),
     Column("latency_ms", float, "latency (ms)", "measured median latency of the factorised layer", log=True,
-           title="Latency"),
-    Column("dense_latency_ms", float, "dense latency (ms)", "measured median latency of the dense layer", log=True),
-    Column("device", str, "device", "where latency was measured"),
+           title="Latency", timing=True),
+    Column("dense_latency_ms", float, "dense latency (ms)", "measured median latency of the dense layer",
+           log=True, timing=True),
+    Column("device", str, "device", "where latency was measured", timing=True),
     Column("seconds", float, "seconds", "time the decomposition took"),
     Column("sweeps", int, "sweeps", "refinement sweeps (or iterations) the fit ran"),
     Column("converged", bool, "converged", "whether the fit met its stopping rule before its sweep limit"),
     Column("warm_start", bool, "warm start", "whether the fit started from a neighbouring grid point"),
     Column("matched_to", str, "matched to", "the KCP grid points whose budget this baseline matches"),
     Column("error", str, "error", "why the point has no metrics (a failed or lost task), else empty"),
-    Column("latency_p10_ms", float, "latency p10 (ms)", "10th percentile of the factorised layer's latency", log=True),
-    Column("latency_p90_ms", float, "latency p90 (ms)", "90th percentile of the factorised layer's latency", log=True),
+    Column("latency_p10_ms", float, "latency p10 (ms)", "10th percentile of the factorised layer's latency",
+           log=True, timing=True),
+    Column("latency_p90_ms", float, "latency p90 (ms)", "90th percentile of the factorised layer's latency",
+           log=True, timing=True),
     Column("speedup", float, "speed-up over dense", "dense over factorised latency, from one paired measurement",
-           log=True),
-    Column("speedup_low", float, "speed-up, low end", "lower end of the speed-up's confidence interval", log=True),
-    Column("speedup_high", float, "speed-up, high end", "upper end of the speed-up's confidence interval", log=True),
-    Column("latency_verdict", str, "latency verdict", "faster, slower, same, or too noisy to say"),
+           log=True, timing=True),
+    Column("speedup_low", float, "speed-up, low end", "lower end of the speed-up's confidence interval",
+           log=True, timing=True),
+    Column("speedup_high", float, "speed-up, high end", "upper end of the speed-up's confidence interval",
+           log=True, timing=True),
+    Column("latency_verdict", str, "latency verdict", "faster, slower, same, or too noisy to say", timing=True),
 )
 COLUMNS: tuple[str, ...] = tuple(c.name for c in ROW)
+# The columns one latency measurement fills in (a paired timing, or the dense layer's own).
+TIMING_COLUMNS: tuple[str, ...] = tuple(c.name for c in ROW if c.timing)
 BY_NAME: dict[str, Column] = {c.name: c for c in ROW}
 
 

@@ -35,11 +35,8 @@ from kcp.fit import DEFAULT_FIT, check_fit, decompose_point, point_options
 from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import LatencySettings, Timing, measure
 from kcp.methods import BASELINES, DECOMPOSITIONS
-from kcp.schema import COLUMNS
+from kcp.schema import COLUMNS, TIMING_COLUMNS
 from kcp.target import LayerTarget
-
-_LATENCY_COLUMNS = ("latency_ms", "dense_latency_ms", "device", "latency_p10_ms", "latency_p90_ms", "speedup",
-                    "speedup_low", "speedup_high", "latency_verdict")
 
 
 class SweepCancelled(Cancelled):
@@ -298,7 +295,7 @@ def _timing_task(target: LayerTarget, state: dict, latency: LatencySettings, cha
     if result.method == "dense":
         return _dense_latency_columns(_dense_timing(target, latency))
     row = evaluate(target, result, output_error=False, fidelity=False, latency=latency, channel_path=channel_path)
-    return {k: v for k, v in row.items() if k in _LATENCY_COLUMNS}
+    return {k: v for k, v in row.items() if k in TIMING_COLUMNS}
 
 
 class _Layer:
@@ -458,7 +455,7 @@ class _Run:
         if self.cache is None or self.layers[li].plan[i].method == "dense":
             return None
         hit = self.cache.get(self._timed_key(li, i))
-        return None if hit is None else {k: v for k, v in hit["row"].items() if k in _LATENCY_COLUMNS}
+        return None if hit is None else {k: v for k, v in hit["row"].items() if k in TIMING_COLUMNS}
 
 
 def _dense_row(runner: _Runner) -> tuple[str, Decomposition, dict[str, Any]]:

@@ -9,12 +9,12 @@ import torch
 from engine_faults import LoggedFidelity
 from torch import nn
 
+from kcp.schema import TIMING_COLUMNS
 from kcp.sweep import SweepConfig
 from kcp.target import LayerTarget
 
 # Every column except the timings must agree across engines.
-TIMED = ("seconds", "latency_ms", "dense_latency_ms", "device", "latency_p10_ms", "latency_p90_ms", "speedup",
-         "speedup_low", "speedup_high", "latency_verdict")
+TIMED = ("seconds", *TIMING_COLUMNS)
 CONFIG = SweepConfig(kt_ranks=(1, 2), cp_ranks=(1, 2))
 
 
