@@ -19,7 +19,7 @@ import torch
 from _common import REPO, cifar_state, machine, resnet18_layer3_0_conv2, table, write
 
 from kcp.budget import largest_within
-from kcp.decompose import cp, kcp, kt
+from kcp.decomposition import cp, kcp, kt
 
 SPEED_CASES = [  # (label, shape, R, K, goal in s)
     ("256x256x3x3 R=2 K=8", (256, 256, 3, 3), 2, 8, 0.5),
@@ -53,7 +53,7 @@ def speed() -> list[dict]:
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys, time, torch
     sys.path.insert(0, {repo!r})
-    from kcp.decompose import kcp
+    from kcp.decomposition import kcp
     from tests.peak_memory import PeakMemory
     w = torch.randn(512, 512, 3, 3, generator=torch.Generator().manual_seed(0))
     kcp(w[:32, :32], 1, 2)

@@ -26,8 +26,8 @@ from _common import RESULTS, SHARED_WEIGHTS, machine, resnet18_layer3_0_conv2, t
 
 from kcp import zoo
 from kcp.budget import largest_within
-from kcp.decompose import decompose, kcp
-from kcp.decompose.moments import PatchMoments, patch_moments
+from kcp.decomposition import decompose, kcp
+from kcp.decomposition.moments import PatchMoments, patch_moments
 from kcp.geometry import ConvGeometry
 from kcp.methods import BASELINES
 

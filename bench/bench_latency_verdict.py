@@ -23,7 +23,7 @@ PROBE = """
 import json, torch
 torch.set_num_threads(1)
 from kcp import zoo
-from kcp.decompose import kcp
+from kcp.decomposition import kcp
 from kcp.evaluate import module_for
 from kcp.latency import LatencySettings, paired
 from kcp.target import LayerTarget

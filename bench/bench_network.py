@@ -1,4 +1,4 @@
-"""Whole-network figures: fine-tuning throughput of KCP's channel paths against the dense network, and (optional)
+"""Whole-network figures: fine-tuning throughput of KCP's executions against the dense network, and (optional)
 the uniform grid on digits-cnn and CIFAR ResNet plans at 5x and 10x.
 
     python bench/bench_network.py                 # throughput: prints a table, writes bench/results/network_cpu.json
@@ -23,7 +23,7 @@ from _common import SHARED_WEIGHTS, machine, table, write
 
 from kcp import zoo
 from kcp.cache import ResultCache
-from kcp.network.apply import apply_plan, set_channel_path
+from kcp.network.apply import apply_plan, set_execution
 from kcp.network.data import network_data
 from kcp.network.finetune import FinetuneConfig
 from kcp.network.plan import Budget, PlanConfig
@@ -64,7 +64,7 @@ def throughput(cache: ResultCache) -> list[dict]:
         for path in ("dense-network", *PATHS):
             net = copy.deepcopy(loaded.model) if path == "dense-network" else apply_plan(loaded, plan)
             if path != "dense-network":
-                set_channel_path(net, path)
+                set_execution(net, path)
             ms = step_ms(net, x, y)
             if path == "dense-network":
                 if dense_ms is not None:

@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from kcp import costs  # noqa: E402
-from kcp.decompose import Decomposition  # noqa: E402
+from kcp.decomposition import Decomposition  # noqa: E402
 from kcp.geometry import ConvGeometry  # noqa: E402
 from kcp.kernels import FAST_PATHS, SWEEP_CONFIGS, fused_forward  # noqa: E402
 from kcp.kernels.checks import random_kcp, run_checks  # noqa: E402
@@ -149,7 +149,7 @@ def path_macs(module: nn.Module, path: str, hw: int) -> int:
     """MACs per image of a KCP path (the fast paths' counts are not in kcp.costs)."""
     m, i, o = module.width, module.in_channels, module.out_channels
     taps = module.kernel_size[0] * module.kernel_size[1]
-    if path in costs.CHANNEL_PATHS:
+    if path in costs.EXECUTIONS:
         return module.decomposition().macs((hw, hw), module.geometry, path)
     if path == "fused":  # L1 once per input pixel, the separable taps, L4
         return hw * hw * (i * m + taps * m + m * o)
@@ -215,7 +215,7 @@ def _kcp_variants(cfg: Config, x: torch.Tensor, prep, r: int, k: int, graphs: bo
     """Every path of one KCP module (and 'auto' on a twin), the tile sweep on the target, graph replays if asked."""
     layer, n, hw = cfg.layer, cfg.batch, cfg.layer.hw
     kcp = prep(random_kcp(layer.kernel, r, k, geometry=ConvGeometry.make(1, 1)))
-    auto = prep(random_kcp(layer.kernel, r, k, geometry=ConvGeometry.make(1, 1), channel_path="auto"))
+    auto = prep(random_kcp(layer.kernel, r, k, geometry=ConvGeometry.make(1, 1), execution="auto"))
     tag = f"R={r} K={k}"
     macs = lambda path: n * path_macs(kcp, path, hw)
     out = [Variant(f"kcp {p}", "kcp", lambda p=p: kcp._run(x, p), kcp, tag, macs(p)) for p in KCP_PATHS]

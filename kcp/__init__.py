@@ -7,7 +7,7 @@ Quick start::
     layer = from_conv(conv, "kcp", kt_rank=2, cp_rank=8)  # a drop-in nn.Module
 """
 
-from kcp.decompose import Decomposition, KTSpectrum, cp, decompose, dense, kcp, kt, kt_spectrum, svd, tucker2
+from kcp.decomposition import Decomposition, KTSpectrum, cp, decompose, dense, kcp, kt, kt_spectrum, svd, tucker2
 from kcp.geometry import ConvGeometry
 from kcp.kron import FactorShape, kcp_applicability, make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.methods import METHODS, Method

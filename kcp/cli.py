@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from kcp import estimate as est
 from kcp import zoo
 from kcp.cache import ResultCache, default_dir
-from kcp.decompose import REFINE_SWEEPS
+from kcp.decomposition import REFINE_SWEEPS
 from kcp.engines import ENGINES, Engine, check_engine, make_engine
 from kcp.evaluate import evaluate, module_for
 from kcp.export import save_layer

@@ -14,7 +14,7 @@ from kcp import methods
 from kcp.geometry import ConvGeometry
 from kcp.kron import FactorShape
 
-CHANNEL_PATHS = ("layered", "dense")
+EXECUTIONS = ("layered", "dense")
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,14 @@ def stages(
     geometry: ConvGeometry | None = None,
     factor_shape: FactorShape | None = None,
     bias: bool = False,
-    channel_path: str = "layered",
+    execution: str = "layered",
 ) -> list[Stage]:
     """The stages of ``method`` at ``ranks`` on an ``in_hw`` input, with their parameters and MACs."""
     spec = methods.get(method)
     geometry = geometry or ConvGeometry()
     out_hw = geometry.out_hw(in_hw, kernel_shape[2:])
     layer = _Layer(tuple(kernel_shape), tuple(in_hw), out_hw, kernel_shape[0] if bias else 0)
-    return spec.stages(layer, ranks, factor_shape, channel_path)
+    return spec.stages(layer, ranks, factor_shape, execution)
 
 
 @dataclass(frozen=True)
@@ -113,18 +113,18 @@ def _spatial_stages(width, kh, kw, in_hw, out_hw, params_for) -> list[Stage]:
 
 
 @methods.implements("kcp", "stages")
-def _kcp_stages(layer: _Layer, ranks, fs: FactorShape, channel_path) -> list[Stage]:
+def _kcp_stages(layer: _Layer, ranks, fs: FactorShape, execution) -> list[Stage]:
     kernel_shape, in_hw, out_hw, nb = layer.kernel_shape, layer.in_hw, layer.out_hw, layer.bias
     r, k = ranks["kt_rank"], ranks["cp_rank"]
     if fs is None:
         raise ValueError("KCP costs need the factor shape")
-    if channel_path not in CHANNEL_PATHS:
-        raise ValueError(f"channel_path must be one of {', '.join(CHANNEL_PATHS)}, got {channel_path!r}")
+    if execution not in EXECUTIONS:
+        raise ValueError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
     out_c, in_c, kh, kw = kernel_shape
     h, w = in_hw
     ho, wo = out_hw
     width = r * k * k
-    if channel_path == "layered":
+    if execution == "layered":
         l1_macs = h * w * r * k * (in_c + k * min(fs.in_a, fs.in_b))
         l4_macs = ho * wo * r * k * (out_c + k * min(fs.out_a, fs.out_b))
     else:
@@ -174,7 +174,7 @@ def params(method: str, kernel_shape, ranks, factor_shape=None, bias: bool = Fal
     return sum(s.params for s in stages(method, kernel_shape, ranks, in_hw, None, factor_shape, bias))
 
 
-def macs(method: str, kernel_shape, ranks, in_hw, geometry=None, factor_shape=None, channel_path="layered") -> int:
+def macs(method: str, kernel_shape, ranks, in_hw, geometry=None, factor_shape=None, execution="layered") -> int:
     """Multiply-accumulates of one image through ``method`` at ``ranks`` (FLOPs are twice this)."""
-    return sum(s.macs for s in stages(method, kernel_shape, ranks, in_hw, geometry, factor_shape, False, channel_path))
+    return sum(s.macs for s in stages(method, kernel_shape, ranks, in_hw, geometry, factor_shape, False, execution))
 

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kcp import costs
-from kcp.decompose import REFINE_SWEEPS
-from kcp.decompose.validate import check_rank
+from kcp.decomposition import REFINE_SWEEPS
+from kcp.decomposition.validate import check_rank
 from kcp.geometry import ConvGeometry
 from kcp.kron import FactorShape, max_cp_rank, max_kt_rank
 from kcp.latency import DTYPES, LatencySettings
@@ -170,7 +170,7 @@ def decompose_seconds(method: str, kernel_shape: tuple[int, int, int, int], rank
     if method == "dense":
         return 0.0
     if method == "kcp":
-        from kcp.decompose.refine import JOINT_LIMIT
+        from kcp.decomposition.refine import JOINT_LIMIT
 
         r, k = ranks["kt_rank"], ranks["cp_rank"]
         rk = r * k
@@ -217,7 +217,7 @@ def estimate(
     images: int = 0,
     network_macs: int = 0,
     latency: LatencySettings | None = None,
-    channel_path: str = "layered",
+    execution: str = "layered",
 ) -> Estimate:
     """Seconds and peak bytes of decomposing one layer at ``ranks`` and measuring it: output error on ``images``
     images, the network on them where ``network_macs`` (per image, the rest of the network) is given, latency
@@ -227,12 +227,12 @@ def estimate(
         check_rank("kt_rank", ranks["kt_rank"], max_kt_rank(factor_shape), f"the largest meaningful KT rank {where}")
         check_rank("cp_rank", ranks["cp_rank"], max_cp_rank(factor_shape),
                    f"the largest meaningful CP rank of a factor {where}")
-    stages = costs.stages(method, kernel_shape, ranks, in_hw, geometry, factor_shape, False, channel_path)
+    stages = costs.stages(method, kernel_shape, ranks, in_hw, geometry, factor_shape, False, execution)
     dense = costs.stages("dense", kernel_shape, {}, in_hw, geometry)
     parts = {"decompose": decompose_seconds(method, kernel_shape, ranks, refine_sweeps), "evaluate": 0.0,
              "latency": 0.0}
     weights = math.prod(kernel_shape)
-    from kcp.decompose.refine import JOINT_LIMIT
+    from kcp.decomposition.refine import JOINT_LIMIT
 
     rk = ranks.get("kt_rank", 1) * ranks.get("cp_rank", 1) if method == "kcp" else max(ranks.values(), default=1)
     # The kernel and R copies of it in float64, and (when refinement runs) the joint RK x RK systems.

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from kcp.decompose import Decomposition
+from kcp.decomposition import Decomposition
 from kcp.estimate import images_per_chunk
 from kcp.latency import LatencySettings, paired
 from kcp.metrics import output_error as layer_output_error
@@ -15,9 +15,9 @@ from kcp.schema import make_row
 from kcp.target import LayerTarget
 
 
-def module_for(target: LayerTarget, result: Decomposition, channel_path: str = "layered") -> nn.Module:
+def module_for(target: LayerTarget, result: Decomposition, execution: str = "layered") -> nn.Module:
     """The module that runs ``result`` in place of the target's conv: its geometry, bias, device and dtype."""
-    options = {"channel_path": channel_path} if result.method == "kcp" else {}
+    options = {"execution": execution} if result.method == "kcp" else {}
     weight = target.conv.weight
     return to_module(result.to(weight.device, weight.dtype), geometry=target.geometry, bias=target.conv.bias,
                      **options).eval()
@@ -30,7 +30,7 @@ def evaluate(
     output_error: bool = True,
     fidelity: bool = True,
     latency: LatencySettings | None = None,
-    channel_path: str = "layered",
+    execution: str = "layered",
     seconds: float | None = None,
 ) -> dict[str, Any]:
     """Costs, kernel error, output error on the layer's real activations, network fidelity and latency.
@@ -47,7 +47,7 @@ def evaluate(
     ``dense_latency_ms`` is this row's own dense figure, never one from another measurement.
     """
     ranks = result.ranks
-    kcp_path = channel_path if result.method == "kcp" else "layered"
+    kcp_path = execution if result.method == "kcp" else "layered"
     info = result.info
     fit = info.get("fit", "kernel")
     row = make_row(
@@ -62,7 +62,7 @@ def evaluate(
         rel_error=result.rel_error, seconds=None if seconds is None else round(seconds, 4),
         sweeps=info.get("sweeps"), converged=info.get("converged"), warm_start=bool(info.get("warm_start", False)),
     )
-    module = module_for(target, result, channel_path)
+    module = module_for(target, result, execution)
     chunk = images_per_chunk(result.stages(target.in_hw, target.geometry, False, kcp_path))
     if output_error and target.inputs is not None:
         row["output_rel_error"] = layer_output_error(target.conv, module, target.inputs, batch=chunk)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kcp.decompose import Decomposition
+from kcp.decomposition import Decomposition
 from kcp.geometry import ConvGeometry
 from kcp.modules import to_module
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kcp.decompose import Decomposition, decompose
-from kcp.decompose.outputs import FITS
+from kcp.decomposition import Decomposition, decompose
+from kcp.decomposition.outputs import FITS
 from kcp.methods import get
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from typing import Any
 
 from kcp import zoo
 from kcp.cache import ResultCache
-from kcp.decompose import Decomposition, KTSpectrum, kt_spectrum
+from kcp.decomposition import Decomposition, KTSpectrum, kt_spectrum
 from kcp.evaluate import evaluate, module_for
 from kcp.fit import DEFAULT_FIT, decompose_point
 from kcp.latency import LatencySettings, PairedTiming, paired

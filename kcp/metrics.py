@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from kcp.decompose.numerics import relative_error
+from kcp.decomposition.numerics import relative_error
 
 
 def output_error(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor, batch: int = 64) -> float:

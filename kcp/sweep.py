@@ -28,7 +28,7 @@ import torch
 
 from kcp.budget import BUDGET_KINDS, largest_within
 from kcp.cache import ResultCache, cache_key
-from kcp.decompose import REFINE_SWEEPS, Decomposition
+from kcp.decomposition import REFINE_SWEEPS, Decomposition
 from kcp.engines import Cancelled, Engine, Node, make_engine, run_graph
 from kcp.evaluate import evaluate
 from kcp.fit import DEFAULT_FIT, check_fit, decompose_point, point_options
@@ -66,7 +66,7 @@ class SweepConfig:
     output_error: bool = True
     fidelity: bool = True
     latency: LatencySettings | None = None
-    channel_path: str = "layered"
+    execution: str = "layered"
 
     def check(self, shape: FactorShape) -> None:
         """Refuse ranks past the layer's largest meaningful ones, unknown methods and budgets."""
@@ -130,7 +130,7 @@ class _Runner:
             "activations": _activation_id(target.inputs) if config.output_error else None,
             "fidelity": config.fidelity and target.fidelity is not None,
             "latency": None if config.latency is None else asdict(config.latency),
-            "channel_path": config.channel_path,
+            "execution": config.execution,
             "in_hw": target.in_hw,
         }
         # What an output fit learned from: part of every decomposition's cache key (None for kernel fits).
@@ -184,7 +184,7 @@ class _Runner:
             return {**hit["row"], "matched_to": matched_to}
         c = self.config
         row = evaluate(self.target, result, output_error=c.output_error, fidelity=c.fidelity, latency=c.latency,
-                       channel_path=c.channel_path, seconds=seconds)
+                       execution=c.execution, seconds=seconds)
         self._store(mkey, {"row": row})
         return {**row, "matched_to": matched_to}
 
@@ -288,13 +288,13 @@ def _dense_latency_columns(timing: Timing) -> dict[str, Any]:
             "latency_p10_ms": timing.p10_ms, "latency_p90_ms": timing.p90_ms}
 
 
-def _timing_task(target: LayerTarget, state: dict, latency: LatencySettings, channel_path: str) -> dict[str, Any]:
+def _timing_task(target: LayerTarget, state: dict, latency: LatencySettings, execution: str) -> dict[str, Any]:
     """The latency columns of one decomposition, paired with the dense layer's (a task: it runs where nothing else
     competes for the device)."""
     result = Decomposition.from_state(state)
     if result.method == "dense":
         return _dense_latency_columns(_dense_timing(target, latency))
-    row = evaluate(target, result, output_error=False, fidelity=False, latency=latency, channel_path=channel_path)
+    row = evaluate(target, result, output_error=False, fidelity=False, latency=latency, execution=execution)
     return {k: v for k, v in row.items() if k in TIMING_COLUMNS}
 
 
@@ -426,7 +426,7 @@ class _Run:
                 return "value", saved[node.id]
             if layer.shared is None or not on_gpu:
                 layer.shared = engine.share(layer.target) if on_gpu else layer.target
-            args = (layer.shared, layer.results[i][1], latency, layer.config.channel_path)
+            args = (layer.shared, layer.results[i][1], latency, layer.config.execution)
             return "task", (_timing_task, args, {"gpu": True} if on_gpu else {})
 
         def finish(node: Node, columns: dict[str, Any]) -> float | None:
@@ -475,7 +475,7 @@ def _baseline_plan(runner: _Runner, kt_ranks, cp_ranks) -> dict[tuple, list[str]
     for r in kt_ranks:
         for k in cp_ranks:
             probe = Decomposition("kcp", t.kernel_shape, {"kt_rank": r, "cp_rank": k}, {}, runner.shape)
-            budget = probe.params() if c.match == "params" else probe.macs(t.in_hw, t.geometry, c.channel_path)
+            budget = probe.params() if c.match == "params" else probe.macs(t.in_hw, t.geometry, c.execution)
             for method in (m for m in c.methods if m in BASELINES):
                 ranks = largest_within(method, t.kernel_shape, budget, kind=c.match, factor_shape=runner.shape,
                                        in_hw=t.in_hw, geometry=t.geometry)

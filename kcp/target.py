@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kcp import costs
-from kcp.decompose.moments import PatchMoments, patch_moments
+from kcp.decomposition.moments import PatchMoments, patch_moments
 from kcp.fit import check_fit
 from kcp.geometry import ConvGeometry
 from kcp.modules import check_conv

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kcp.cli import main
-from kcp.decompose import kcp
+from kcp.decomposition import kcp
 from kcp.export import load_layer
 from kcp.zoo import get_conv, load_model
 

@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from kcp import costs
-from kcp.decompose import decompose
+from kcp.decomposition import decompose
 from kcp.geometry import ConvGeometry
 from kcp.kron import make_factor_shape
 from kcp.modules import to_module
@@ -39,7 +39,7 @@ CASES = [
     ("kcp", {"kt_rank": 2, "cp_rank": 3}, {}),
     ("kcp", {"kt_rank": 2, "cp_rank": 3, "placement": "a-spatial"}, {}),
     ("kcp", {"kt_rank": 3, "cp_rank": 2, "factors": (4, 6, 4, 4)}, {}),
-    ("kcp", {"kt_rank": 2, "cp_rank": 3}, {"channel_path": "dense"}),
+    ("kcp", {"kt_rank": 2, "cp_rank": 3}, {"execution": "dense"}),
     ("kt", {"kt_rank": 3}, {}),
     ("kt", {"kt_rank": 3, "placement": "a-spatial"}, {}),
     ("cp", {"rank": 7}, {}),
@@ -61,10 +61,10 @@ def test_counted_flops_and_parameters_match_the_formulas(method, ranks, options,
     x = torch.randn(1, 16, 13, 11)
     with FlopCounterMode(display=False) as counter:
         module(x)
-    path = options.get("channel_path", "layered")
+    path = options.get("execution", "layered")
     assert counter.get_total_flops() == 2 * result.macs((13, 11), geometry, path)
     assert sum(p.numel() for p in module.parameters()) == result.params(bias=True)
-    stages = result.stages((13, 11), geometry, bias=True, channel_path=path)
+    stages = result.stages((13, 11), geometry, bias=True, execution=path)
     assert stages[-1].out_shape == (24, *module(x).shape[2:])
     assert sum(s.params for s in stages) == result.params(bias=True)
 

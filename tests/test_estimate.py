@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from kcp import estimate
-from kcp.decompose import kcp
+from kcp.decomposition import kcp
 from kcp.evaluate import evaluate
 from kcp.geometry import ConvGeometry
 from kcp.kron import make_factor_shape

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kcp.decompose import kcp
+from kcp.decomposition import kcp
 from kcp.export import FORMAT, load_layer, save_layer
 from kcp.geometry import ConvGeometry
 from kcp.metrics import counted_macs, output_error

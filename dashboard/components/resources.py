@@ -22,7 +22,7 @@ import torch
 
 from dashboard.components import workers
 from kcp import jobs, zoo
-from kcp.decompose import REFINE_SWEEPS, Decomposition, KTSpectrum
+from kcp.decomposition import REFINE_SWEEPS, Decomposition, KTSpectrum
 from kcp.export import layer_state
 from kcp.fit import DEFAULT_FIT, point_options
 from kcp.latency import LatencySettings, PairedTiming

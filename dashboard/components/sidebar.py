@@ -18,7 +18,7 @@ import torch
 
 from dashboard.components import fmt, guards, resources
 from kcp import zoo
-from kcp.decompose import REFINE_SWEEPS
+from kcp.decomposition import REFINE_SWEEPS
 from kcp.estimate import estimate
 from kcp.fit import DEFAULT_FIT, FITS
 from kcp.kron import FactorShape, balanced_split, make_factor_shape, max_cp_rank, max_kt_rank

@@ -11,7 +11,7 @@ from dashboard.components import diagram, figures, fmt, guards, resources, sideb
 from dashboard.components.layer import open_page
 from kcp.budget import largest_within
 from kcp.costs import stages as cost_stages
-from kcp.decompose import Decomposition
+from kcp.decomposition import Decomposition
 from kcp.fit import FITS
 from kcp.methods import DECOMPOSITIONS, METHODS
 from kcp.target import LayerTarget

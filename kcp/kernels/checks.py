@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from kcp.decompose import Decomposition
+from kcp.decomposition import Decomposition
 from kcp.geometry import ConvGeometry
 from kcp.kernels import FAST_PATHS, BlockConfig, fused_forward, run_path
 from kcp.kron import make_factor_shape
@@ -36,7 +36,7 @@ TF32_TOLERANCE = 5e-3
 
 def random_kcp(kernel_shape: tuple[int, int, int, int], kt_rank: int, cp_rank: int, *, placement: str = "split",
                factors: tuple[int, int, int, int] | None = None, geometry: ConvGeometry | None = None,
-               bias: bool = True, seed: int = 0, channel_path: str = "layered") -> KCPConv2d:
+               bias: bool = True, seed: int = 0, execution: str = "layered") -> KCPConv2d:
     """A KCPConv2d with random factors of the right shapes, scaled so that outputs are of order one."""
     gen = torch.Generator().manual_seed(seed)
     fs = make_factor_shape(kernel_shape, factors, placement)
@@ -46,7 +46,7 @@ def random_kcp(kernel_shape: tuple[int, int, int, int], kt_rank: int, cp_rank: i
     f = {key: scale * torch.randn(kt_rank, n, cp_rank, generator=gen) for key, n in sizes.items()}
     result = Decomposition("kcp", tuple(kernel_shape), {"kt_rank": kt_rank, "cp_rank": cp_rank}, f, fs)
     b = torch.randn(kernel_shape[0], generator=gen) if bias else None
-    return to_module(result, geometry=geometry or ConvGeometry(), bias=b, channel_path=channel_path)
+    return to_module(result, geometry=geometry or ConvGeometry(), bias=b, execution=execution)
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,7 @@ def fused_supported(module: nn.Module, x: torch.Tensor, variant: str = "fused") 
         return False, f"expected an (N, {module.in_channels}, H, W) input, got {tuple(x.shape)}"
     if module.geometry.padding_mode != "zeros":
         return False, (f"padding_mode={module.geometry.padding_mode!r}: the fused kernels pad with zeros only "
-                       f"(use channel_path 'merged', 'full', 'dense' or 'layered')")
+                       f"(use execution 'merged', 'full', 'dense' or 'layered')")
     if prepare.needs_grad(module, x):
         return False, ("autograd is recording and the Triton kernels have no backward: run under "
                        "torch.inference_mode() / torch.no_grad(), or freeze the parameters")

@@ -98,7 +98,7 @@ def w_merged(module: nn.Module) -> torch.Tensor:
 
 def w_full(module: nn.Module) -> torch.Tensor:
     """(O, I, k_h, k_w): the kernel the factors stand for, kept differentiable (``decomposition()`` detaches)."""
-    from kcp.decompose import Decomposition
+    from kcp.decomposition import Decomposition
 
     return Decomposition(module.method, module.kernel_shape, dict(module.ranks), module.factors(),
                          module.factor_shape).reconstruct()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kcp import methods
-from kcp.decompose import Decomposition, decompose
+from kcp.decomposition import Decomposition, decompose
 from kcp.geometry import ConvGeometry
 from kcp.modules.base import FactorisedConv2d
 from kcp.modules.baselines import CPConv2d, KTConv2d, SVDConv2d, Tucker2Conv2d
@@ -48,18 +48,18 @@ def to_module(result: Decomposition, *, geometry: ConvGeometry | None = None, bi
     return module.from_decomposition(result, bias=bias, geometry=geometry, **options)
 
 
-def from_conv(conv: nn.Conv2d, method: str, *, channel_path: str | None = None, **kwargs) -> nn.Module:
+def from_conv(conv: nn.Conv2d, method: str, *, execution: str | None = None, **kwargs) -> nn.Module:
     """Decompose a conv layer's kernel with ``method`` and return the module that replaces it.
 
     ``kwargs`` are the method's ranks and options (``kt_rank=``, ``cp_rank=``, ``rank=``, ...); the
-    layer's stride, padding, dilation, padding mode and bias carry over. ``channel_path`` picks how
+    layer's stride, padding, dilation, padding mode and bias carry over. ``execution`` picks how
     a KCP module runs L1 and L4.
     """
     conv = check_conv(conv)
     if method == "dense":
         return copy.deepcopy(conv)
     result = decompose(conv.weight, method, **kwargs)
-    options = {} if channel_path is None else {"channel_path": channel_path}
+    options = {} if execution is None else {"execution": execution}
     return to_module(result, geometry=ConvGeometry.from_conv(conv), bias=conv.bias, **options)
 
 

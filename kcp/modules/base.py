@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kcp import methods
-from kcp.decompose import Decomposition
+from kcp.decomposition import Decomposition
 from kcp.geometry import ConvGeometry
 
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kcp.decompose import Decomposition
+from kcp.decomposition import Decomposition
 from kcp.geometry import ConvGeometry
 from kcp.modules.base import FactorisedConv2d, conv, depthwise_h, depthwise_w, pad
 

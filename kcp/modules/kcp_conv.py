@@ -12,22 +12,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kcp.costs import CHANNEL_PATHS
-from kcp.decompose import Decomposition
+from kcp.costs import EXECUTIONS
+from kcp.decomposition import Decomposition
 from kcp.geometry import ConvGeometry
 from kcp.kernels import FAST_PATHS, FUSED_VARIANTS, choose, path_supported, run_path
 from kcp.kernels.prepare import needs_grad
 from kcp.modules.base import FactorisedConv2d, depthwise_h, depthwise_w
 
 _SPATIAL = ("a_h", "b_h", "a_w", "b_w")
-# What the module can run; kcp.costs.CHANNEL_PATHS (the two whose MACs it accounts) is a subset.
-MODULE_PATHS = (*CHANNEL_PATHS, *FAST_PATHS, "auto")
+# What the module can run; kcp.costs.EXECUTIONS (the two whose MACs it accounts) is a subset.
+MODULE_PATHS = (*EXECUTIONS, *FAST_PATHS, "auto")
 
 
 class KCPConv2d(FactorisedConv2d):
     """Drop-in conv running 2nd-order KCP factors as L1 (in contraction), L2/L3 (thin spatial), L4 (out).
 
-    ``channel_path='layered'`` runs L1 and L4 as two small contractions each (fewest MACs);
+    ``execution='layered'`` runs L1 and L4 as two small contractions each (fewest MACs);
     ``'dense'`` materialises each as one 1x1 conv whose weight columns are ``a (x) b`` (more MACs,
     one GEMM). Both give the same output. The fast paths of :mod:`kcp.kernels` give it too:
     ``'merged'`` (L1-L3 as one k_h x k_w conv, then a 1x1 conv), ``'full'`` (the reconstructed kernel as
@@ -41,7 +41,7 @@ class KCPConv2d(FactorisedConv2d):
     method = "kcp"
 
     def __init__(self, result: Decomposition, geometry: ConvGeometry, bias: torch.Tensor | None,
-                 channel_path: str = "layered") -> None:
+                 execution: str = "layered") -> None:
         super().__init__(result, geometry, bias)
         f = {k: v.detach().clone() for k, v in result.factors.items()}
         # Size-1 spatial factors carry no parameters: fold their values into the same side's out-factor.
@@ -53,18 +53,18 @@ class KCPConv2d(FactorisedConv2d):
             setattr(self, key, nn.Parameter(f[key]))
         for key in _SPATIAL:
             setattr(self, key, nn.Parameter(f[key]) if f[key].shape[1] > 1 else None)
-        self.channel_path = channel_path
+        self.execution = execution
         self.last_choice: str | None = None
 
     @property
-    def channel_path(self) -> str:
-        return self._channel_path
+    def execution(self) -> str:
+        return self._execution
 
-    @channel_path.setter
-    def channel_path(self, value: str) -> None:
+    @execution.setter
+    def execution(self, value: str) -> None:
         if value not in MODULE_PATHS:
-            raise ValueError(f"channel_path must be one of {', '.join(MODULE_PATHS)}, got {value!r}")
-        self._channel_path = value
+            raise ValueError(f"execution must be one of {', '.join(MODULE_PATHS)}, got {value!r}")
+        self._execution = value
 
     @property
     def width(self) -> int:
@@ -132,7 +132,7 @@ class KCPConv2d(FactorisedConv2d):
         return y.reshape(n, self.out_channels, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        path = self._auto_path(x) if self.channel_path == "auto" else self.channel_path
+        path = self._auto_path(x) if self.execution == "auto" else self.execution
         return self._run(x, path)
 
     def _run(self, x: torch.Tensor, path: str) -> torch.Tensor:
@@ -162,7 +162,7 @@ class KCPConv2d(FactorisedConv2d):
         return path
 
     def _choose(self, x: torch.Tensor) -> tuple[str, str]:
-        candidates, skipped = list(CHANNEL_PATHS), {}
+        candidates, skipped = list(EXECUTIONS), {}
         for path in FAST_PATHS:
             ok, why = path_supported(self, x, path)
             if ok and path in FUSED_VARIANTS and x.device.type != "cuda":

@@ -18,7 +18,7 @@ from kcp.network.plan import Plan
 from kcp.zoo.fidelity import logits
 
 
-def apply_plan(loaded: zoo.LoadedModel, plan: Plan, *, channel_path: str = "layered") -> nn.Module:
+def apply_plan(loaded: zoo.LoadedModel, plan: Plan, *, execution: str = "layered") -> nn.Module:
     """A deep copy of ``loaded.model`` (in eval mode) with every non-dense conv of ``plan`` replaced by the module
     that runs its decomposition (the conv's geometry and bias carried over). ``loaded.model`` is not changed."""
     if plan.weights_id != loaded.weights_id:
@@ -28,18 +28,18 @@ def apply_plan(loaded: zoo.LoadedModel, plan: Plan, *, channel_path: str = "laye
         if layer.decomposition is None:
             continue
         conv = zoo.get_conv(loaded, layer.name)
-        options = {"channel_path": channel_path} if layer.method == "kcp" else {}
+        options = {"execution": execution} if layer.method == "kcp" else {}
         module = to_module(layer.decomposition.to(conv.weight.device, conv.weight.dtype),
                            geometry=ConvGeometry.from_conv(conv), bias=conv.bias, **options)
         net.set_submodule(layer.name, module)
     return net.eval()
 
 
-def set_channel_path(net: nn.Module, channel_path: str) -> None:
-    """Run every KCP module of ``net`` on ``channel_path`` (all paths give the same outputs)."""
+def set_execution(net: nn.Module, execution: str) -> None:
+    """Run every KCP module of ``net`` on ``execution`` (all paths give the same outputs)."""
     for module in net.modules():
         if isinstance(module, KCPConv2d):
-            module.channel_path = channel_path
+            module.execution = execution
 
 
 def conv_params(net: nn.Module) -> int:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kcp.network.apply import predictions, scores, set_channel_path
+from kcp.network.apply import predictions, scores, set_execution
 from kcp.network.data import NetworkData
 
 # KCP modules train on the 'full' path: the kernel rebuilt from the factors at every step (autograd takes the
@@ -20,7 +20,7 @@ from kcp.network.data import NetworkData
 # middle width R K^2 is often wider than the layer, and depthwise convs have a slow backward in oneDNN, so it
 # trained about 2x slower than the dense network; 'full' trains at the dense network's speed
 # (bench/bench_network.py measures every path). Inference keeps the module's own path.
-TRAIN_CHANNEL_PATH = "full"
+TRAIN_EXECUTION = "full"
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class FinetuneConfig:
     distill: bool = False
     temperature: float = 2.0
     eval_every: int = 25
-    channel_path: str = TRAIN_CHANNEL_PATH
+    execution: str = TRAIN_EXECUTION
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.eval_every < 1:
@@ -74,7 +74,7 @@ def finetune(
     """Train ``net`` in place. ``reference_eval`` are the dense network's logits on ``data.eval_x`` (for top-1
     agreement); ``teacher`` (the dense network) is needed with ``config.distill``. ``progress(step, steps, point)``
     is called after every step (``point`` is the curve's new point, or None); ``should_stop()`` cancels between
-    steps. ``net`` is left in eval mode on its inference channel path."""
+    steps. ``net`` is left in eval mode on its inference execution."""
     config = config or FinetuneConfig()
     if config.distill and teacher is None:
         raise ValueError("distillation needs the dense network as the teacher")
@@ -84,8 +84,8 @@ def finetune(
     x, y = data.train_x, data.train_y
     if config.distill:
         y = predictions(teacher, x)
-    paths = {m: m.channel_path for m in net.modules() if hasattr(m, "channel_path")}
-    set_channel_path(net, config.channel_path)
+    paths = {m: m.execution for m in net.modules() if hasattr(m, "execution")}
+    set_execution(net, config.execution)
     gen = torch.Generator().manual_seed(config.seed)
     params = [p for p in net.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(params, lr=config.lr)
@@ -123,7 +123,7 @@ def finetune(
     finally:
         net.eval()
         for module, path in paths.items():
-            module.channel_path = path
+            module.execution = path
     if result.cancelled and result.curve[-1]["step"] != result.steps:
         evaluate(result.steps, None)
     result.seconds = time.perf_counter() - start

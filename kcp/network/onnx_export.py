@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kcp.latency import percentiles
-from kcp.network.apply import set_channel_path
+from kcp.network.apply import set_execution
 
 OPSET = 18
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -56,7 +56,7 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, input_size: tuple[int, 
 
     Uses torch's dynamo exporter (onnxscript); returns which exporter wrote the file."""
     model = copy.deepcopy(net).eval()
-    set_channel_path(model, "layered")
+    set_execution(model, "layered")
     x = torch.zeros(2, *input_size)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad(), io.StringIO() as sink:

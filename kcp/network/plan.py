@@ -25,8 +25,8 @@ import torch
 
 from kcp import zoo
 from kcp.cache import ResultCache
-from kcp.decompose import REFINE_SWEEPS, Decomposition
-from kcp.decompose.moments import patch_moments
+from kcp.decomposition import REFINE_SWEEPS, Decomposition
+from kcp.decomposition.moments import patch_moments
 from kcp.engines import Engine
 from kcp.geometry import ConvGeometry
 from kcp.kron import make_factor_shape, max_cp_rank, max_kt_rank

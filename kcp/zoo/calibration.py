@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kcp.decompose.moments import PatchMoments, patch_moments
+from kcp.decomposition.moments import PatchMoments, patch_moments
 from kcp.geometry import ConvGeometry
 from kcp.zoo._memo import Memo
 from kcp.zoo.activations import get_conv, layer_batches

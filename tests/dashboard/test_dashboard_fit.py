@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard.components import fmt
 from dashboard.components.sidebar import FIT_LABELS, widget_key
 from kcp.cache import ResultCache
-from kcp.decompose import decompose
+from kcp.decomposition import decompose
 from kcp.evaluate import evaluate
 from kcp.metrics import proportion_interval
 from kcp.sweep import SweepConfig, sweep

@@ -11,7 +11,7 @@ import pytest
 from dashboard.components import resources
 from kcp.cache import ResultCache
 from kcp.cli import main
-from kcp.decompose import AGREEMENT_TOL, decompose
+from kcp.decomposition import AGREEMENT_TOL, decompose
 from kcp.evaluate import evaluate
 from kcp.fit import FITS
 from kcp.sweep import SweepConfig, sweep

@@ -37,19 +37,19 @@ from kcp.kernels import FUSED_VARIANTS
 from kcp.kernels.checks import random_kcp, reference, rel_max_err, run_checks
 
 out = {"checks": run_checks(FUSED_VARIANTS)}
-m = random_kcp((12, 8, 3, 3), 2, 3, geometry=ConvGeometry.make(2, 1), channel_path="fused")
+m = random_kcp((12, 8, 3, 3), 2, 3, geometry=ConvGeometry.make(2, 1), execution="fused")
 x = torch.randn(2, 8, 7, 9)
 with torch.inference_mode():
     out["module_fused_err"] = rel_max_err(m(x), reference(m, x))
-    m.channel_path = "auto"
+    m.execution = "auto"
     m(x)
     out["auto_choice"] = m.last_choice
-m.channel_path = "fused"
+m.execution = "fused"
 try:
     m(x)
 except ValueError as exc:
     out["grad_error"] = str(exc)
-r = random_kcp((12, 8, 3, 3), 1, 2, geometry=ConvGeometry.make(1, 1, padding_mode="reflect"), channel_path="fused")
+r = random_kcp((12, 8, 3, 3), 1, 2, geometry=ConvGeometry.make(1, 1, padding_mode="reflect"), execution="fused")
 try:
     with torch.inference_mode():
         r(x)
@@ -105,18 +105,18 @@ def test_conv_paths_pad_like_layered(mode, path):
     m = random_kcp((12, 8, 3, 3), 2, 3, geometry=ConvGeometry.make(2, (1, 2), (1, 2), padding_mode=mode))
     x = torch.randn(2, 8, 9, 11)
     ref = m(x)
-    m.channel_path = path
+    m.execution = path
     assert rel_max_err(m(x), ref.double()) < 1e-5
 
 
 @pytest.mark.parametrize("path", CONV_PATHS)
 def test_conv_paths_have_gradients(path):
-    m = random_kcp((12, 8, 3, 3), 2, 3, geometry=ConvGeometry.make(1, 1), channel_path=path)
+    m = random_kcp((12, 8, 3, 3), 2, 3, geometry=ConvGeometry.make(1, 1), execution=path)
     x = torch.randn(2, 8, 7, 9, requires_grad=True)
     m(x).square().sum().backward()
     grads = {n: p.grad for n, p in m.named_parameters()}
     m.zero_grad()
-    m.channel_path = "layered"
+    m.execution = "layered"
     x2 = x.detach().clone().requires_grad_()
     m(x2).square().sum().backward()
     for n, p in m.named_parameters():
@@ -125,7 +125,7 @@ def test_conv_paths_have_gradients(path):
 
 
 def test_auto_picks_an_available_path_and_says_why():
-    m = random_kcp((16, 16, 3, 3), 2, 4, geometry=ConvGeometry.make(1, 1), channel_path="auto")
+    m = random_kcp((16, 16, 3, 3), 2, 4, geometry=ConvGeometry.make(1, 1), execution="auto")
     x = torch.randn(2, 16, 9, 7)
     with torch.inference_mode():
         y = m(x)
@@ -144,7 +144,7 @@ def test_auto_picks_an_available_path_and_says_why():
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"), reason="interpreter enabled here")
 def test_fused_on_cpu_without_interpreter_says_why():
-    m = random_kcp((12, 8, 3, 3), 1, 2, geometry=ConvGeometry.make(1, 1), channel_path="fused")
+    m = random_kcp((12, 8, 3, 3), 1, 2, geometry=ConvGeometry.make(1, 1), execution="fused")
     x = torch.randn(1, 8, 5, 5)
     ok, why = fused_supported(m, x)
     assert not ok and "CUDA" in why and "TRITON_INTERPRET" in why
@@ -152,10 +152,10 @@ def test_fused_on_cpu_without_interpreter_says_why():
         m(x)
 
 
-def test_unknown_channel_path_is_refused():
+def test_unknown_execution_is_refused():
     m = random_kcp((12, 8, 3, 3), 1, 2)
     with pytest.raises(ValueError, match="auto"):
-        m.channel_path = "fastest"
+        m.execution = "fastest"
 
 
 def test_default_config_shapes():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kcp.decompose import decompose
+from kcp.decomposition import decompose
 from kcp.geometry import ConvGeometry
 from kcp.kron import make_factor_shape, max_kt_rank
 from kcp.modules import KCPConv2d, from_conv, to_module
@@ -43,7 +43,7 @@ def test_forward_matches_dense_conv_float64(method, ranks, kernel):
     paths = ("layered", "dense") if method == "kcp" else (None,)
     for (stride, padding, dilation), with_bias, path in itertools.product(GEOMETRIES, (True, False), paths):
         geometry = ConvGeometry.make(stride, padding, dilation)
-        options = {"channel_path": path} if path else {}
+        options = {"execution": path} if path else {}
         module = to_module(result, geometry=geometry, bias=bias if with_bias else None, **options)
         expected = reference(x, result, bias if with_bias else None, stride, padding, dilation)
         torch.testing.assert_close(module(x), expected, rtol=1e-10, atol=1e-10)
@@ -84,16 +84,16 @@ def test_full_rank_kt_module_is_the_layer():
     torch.testing.assert_close(module(x), conv(x), rtol=1e-10, atol=1e-10)
 
 
-def test_channel_paths_agree_and_bad_path_is_refused():
+def test_executions_agree_and_bad_path_is_refused():
     torch.manual_seed(4)
     module = from_conv(nn.Conv2d(16, 16, 3, padding=1), "kcp", kt_rank=2, cp_rank=4)
     assert isinstance(module, KCPConv2d)
     x = torch.randn(2, 16, 8, 8)
     layered = module(x)
-    module.channel_path = "dense"
+    module.execution = "dense"
     torch.testing.assert_close(module(x), layered, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="channel_path must be one of"):
-        module.channel_path = "fast"
+    with pytest.raises(ValueError, match="execution must be one of"):
+        module.execution = "fast"
 
 
 def test_grouped_and_non_conv_layers_are_refused():

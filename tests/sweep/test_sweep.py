@@ -9,7 +9,7 @@ from torch import nn
 from kcp import costs
 from kcp.budget import largest_within
 from kcp.cache import ResultCache
-from kcp.decompose import kcp
+from kcp.decomposition import kcp
 from kcp.kron import make_factor_shape
 from kcp.latency import LatencySettings
 from kcp.sweep import COLUMNS, SweepConfig, sweep

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from kcp import methods
-from kcp.decompose.moments import PatchMoments
-from kcp.decompose.numerics import relative_error, truncated_svd
-from kcp.decompose.outputs import OutputObjective, check_fit, whitened_svd
-from kcp.decompose.result import Decomposition
-from kcp.decompose.validate import check_kernel, check_rank
+from kcp.decomposition.moments import PatchMoments
+from kcp.decomposition.numerics import relative_error, truncated_svd
+from kcp.decomposition.outputs import OutputObjective, check_fit, whitened_svd
+from kcp.decomposition.result import Decomposition
+from kcp.decomposition.validate import check_kernel, check_rank
 
 
 @methods.implements("svd", "decompose")

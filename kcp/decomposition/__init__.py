@@ -10,15 +10,15 @@ from __future__ import annotations
 import torch
 
 from kcp import methods
-from kcp.decompose.cp import cp
-from kcp.decompose.dense import dense
-from kcp.decompose.kcp import AGREEMENT_TOL, REFINE_SWEEPS, REFINE_TOL, kcp
-from kcp.decompose.kt import KTSpectrum, kt, kt_spectrum
-from kcp.decompose.moments import PatchMoments, patch_moments
-from kcp.decompose.outputs import FITS
-from kcp.decompose.result import Decomposition
-from kcp.decompose.svd import svd
-from kcp.decompose.tucker2 import tucker2
+from kcp.decomposition._cp import cp
+from kcp.decomposition._dense import dense
+from kcp.decomposition._kcp import AGREEMENT_TOL, REFINE_SWEEPS, REFINE_TOL, kcp
+from kcp.decomposition._kt import KTSpectrum, kt, kt_spectrum
+from kcp.decomposition._svd import svd
+from kcp.decomposition._tucker2 import tucker2
+from kcp.decomposition.moments import PatchMoments, patch_moments
+from kcp.decomposition.outputs import FITS
+from kcp.decomposition.result import Decomposition
 
 
 def decompose(weight: torch.Tensor, method: str, **kwargs) -> Decomposition:

@@ -1,7 +1,7 @@
 """2nd-order KCP: ``W ~ sum_r A_r (x) B_r`` with every A_r and B_r a rank-K CP tensor.
 
 Two-stage start (KT by rearrangement + truncated SVD, then CP of each factor), then joint block-ALS
-refinement (:mod:`kcp.decompose.refine`). Factors are stored per side and mode as (R, n, K) tensors
+refinement (:mod:`kcp.decomposition.refine`). Factors are stored per side and mode as (R, n, K) tensors
 under ``a_out, a_in, a_h, a_w, b_out, b_in, b_h, b_w``; modes of size one hold ones.
 """
 
@@ -13,19 +13,19 @@ import numpy as np
 import torch
 
 from kcp import methods
-from kcp.decompose.als import cp_batch, side_tensor
-from kcp.decompose.kt import kt_terms
-from kcp.decompose.moments import PatchMoments
-from kcp.decompose.numerics import randn, relative_error, rng_for
-from kcp.decompose.outputs import check_fit, finish
-from kcp.decompose.refine import JOINT_LIMIT, refine, residual
-from kcp.decompose.result import Decomposition
-from kcp.decompose.stopping import convergence
-from kcp.decompose.validate import check_kernel, check_positive, check_rank, check_tol
+from kcp.decomposition._kt import kt_terms
+from kcp.decomposition.als import cp_batch, side_tensor
+from kcp.decomposition.moments import PatchMoments
+from kcp.decomposition.numerics import randn, relative_error, rng_for
+from kcp.decomposition.outputs import check_fit, finish
+from kcp.decomposition.refine import JOINT_LIMIT, refine, residual
+from kcp.decomposition.result import Decomposition
+from kcp.decomposition.stopping import convergence
+from kcp.decomposition.validate import check_kernel, check_positive, check_rank, check_tol
 from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank, rearrange, unrearrange
 
 # Defaults of the joint refinement: a bound on the sweeps large enough for ALS to cross slow stretches, and a
-# tolerance on the improvement over a window of sweeps (kcp.decompose.stopping) that ends it far earlier on most
+# tolerance on the improvement over a window of sweeps (kcp.decomposition.stopping) that ends it far earlier on most
 # kernels.
 REFINE_SWEEPS = 1000
 REFINE_TOL = 5e-4
@@ -93,11 +93,11 @@ def kcp(
     ``placement`` is ``split`` (A takes k_h, B takes k_w) or ``a-spatial`` (A takes the whole
     kernel window). ``refine_sweeps=0`` keeps the two-stage result; otherwise up to that many
     block-ALS sweeps run until a window of sweeps together lowers the error by less than ``tol``
-    (relative; :mod:`kcp.decompose.stopping`). ``init`` is a KCP result of the same kernel and factor shape at
+    (relative; :mod:`kcp.decomposition.stopping`). ``init`` is a KCP result of the same kernel and factor shape at
     ranks no larger than these (a warm start; kernel fits only, output fits always start cold).
     ``callback(sweep, rel_error)`` is called after every sweep of the kernel fit (and ``callback(iteration,
     objective)`` after every iteration of the output fit; it may raise to cancel). ``fit="outputs"`` then
-    refines the factors on the output error over ``calibration`` (:func:`kcp.decompose.outputs.refine_outputs`);
+    refines the factors on the output error over ``calibration`` (:func:`kcp.decomposition.outputs.refine_outputs`);
     ``rel_error`` stays the kernel error. Deterministic for a given ``random_state``.
     """
     w = check_kernel(weight)

@@ -6,13 +6,13 @@ import numpy as np
 import torch
 
 from kcp import methods
-from kcp.decompose.als import cp_batch
-from kcp.decompose.moments import PatchMoments
-from kcp.decompose.numerics import cp_als, relative_error, rng_for
-from kcp.decompose.outputs import check_fit, finish
-from kcp.decompose.result import Decomposition
-from kcp.decompose.stopping import convergence
-from kcp.decompose.validate import check_kernel, check_positive, check_rank, check_tol
+from kcp.decomposition.als import cp_batch
+from kcp.decomposition.moments import PatchMoments
+from kcp.decomposition.numerics import cp_als, relative_error, rng_for
+from kcp.decomposition.outputs import check_fit, finish
+from kcp.decomposition.result import Decomposition
+from kcp.decomposition.stopping import convergence
+from kcp.decomposition.validate import check_kernel, check_positive, check_rank, check_tol
 from kcp.kron import max_cp_rank_of
 
 KEYS = ("out", "in", "h", "w")
@@ -33,7 +33,7 @@ def cp(
 
     A 1x1 (or otherwise matrix-shaped) kernel gets its optimal truncated SVD; a true tensor goes to
     TensorLy's CP-ALS, whose einsum path stays lean in memory on large kernels, run until a window of iterations
-    (:data:`kcp.decompose.stopping.WINDOW`) together lowers the error by less than ``tol`` (relative) or
+    (:data:`kcp.decomposition.stopping.WINDOW`) together lowers the error by less than ``tol`` (relative) or
     ``n_iter_max`` have run. ``fit="outputs"`` refines
     that start on the output error over ``calibration``.
     """

@@ -64,15 +64,15 @@ class Decomposition:
         in_hw: tuple[int, int],
         geometry: ConvGeometry | None = None,
         bias: bool = False,
-        channel_path: str = "layered",
+        execution: str = "layered",
     ) -> list[costs.Stage]:
         """The layers of the factorised module with their shapes, parameters and MACs."""
         return costs.stages(self.method, self.kernel_shape, self.ranks, in_hw, geometry, self.factor_shape, bias,
-                            channel_path)
+                            execution)
 
-    def macs(self, in_hw: tuple[int, int], geometry: ConvGeometry | None = None, channel_path: str = "layered") -> int:
+    def macs(self, in_hw: tuple[int, int], geometry: ConvGeometry | None = None, execution: str = "layered") -> int:
         """Multiply-accumulates for one image of size ``in_hw`` (FLOPs = 2 x MACs)."""
-        return costs.macs(self.method, self.kernel_shape, self.ranks, in_hw, geometry, self.factor_shape, channel_path)
+        return costs.macs(self.method, self.kernel_shape, self.ranks, in_hw, geometry, self.factor_shape, execution)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Decomposition:
         """A copy with the factors moved and/or cast."""

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from kcp.decompose import AGREEMENT_TOL, cp, decompose, kcp, kt, svd, tucker2
-from kcp.decompose.moments import patch_moments
-from kcp.decompose.stopping import WINDOW, convergence, window_change
+from kcp.decomposition import AGREEMENT_TOL, cp, decompose, kcp, kt, svd, tucker2
+from kcp.decomposition.moments import patch_moments
+from kcp.decomposition.stopping import WINDOW, convergence, window_change
 from kcp.geometry import ConvGeometry
 
 

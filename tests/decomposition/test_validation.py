@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kcp.decompose import cp, kcp, kt, svd, tucker2
+from kcp.decomposition import cp, kcp, kt, svd, tucker2
 
 
 def test_not_a_4d_kernel():

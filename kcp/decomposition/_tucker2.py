@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from kcp import methods
-from kcp.decompose.moments import PatchMoments
-from kcp.decompose.numerics import relative_error
-from kcp.decompose.numerics import tucker2 as tucker2_hooi
-from kcp.decompose.outputs import check_fit, finish
-from kcp.decompose.result import Decomposition
-from kcp.decompose.validate import check_kernel, check_positive, check_rank
+from kcp.decomposition.moments import PatchMoments
+from kcp.decomposition.numerics import relative_error
+from kcp.decomposition.numerics import tucker2 as tucker2_hooi
+from kcp.decomposition.outputs import check_fit, finish
+from kcp.decomposition.result import Decomposition
+from kcp.decomposition.validate import check_kernel, check_positive, check_rank
 
 
 @methods.implements("tucker2", "decompose")

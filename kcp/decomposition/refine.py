@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import torch
 
-from kcp.decompose.als import side_tensor, update_side
-from kcp.decompose.stopping import EXACT, WINDOW, window_change
+from kcp.decomposition.als import side_tensor, update_side
+from kcp.decomposition.stopping import EXACT, WINDOW, window_change
 
 # Largest R*K for which the joint RK x RK solves run; past it they cost more than they are worth.
 JOINT_LIMIT = 1024

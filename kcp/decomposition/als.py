@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from kcp.decompose.numerics import cp_init, randn
+from kcp.decomposition.numerics import cp_init, randn
 
 
 def khatri_rao(factors: list[torch.Tensor]) -> torch.Tensor:

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = textwrap.dedent("""
     import json, sys, torch
     sys.path.insert(0, {repo!r})
-    from kcp.decompose import cp, kcp
+    from kcp.decomposition import cp, kcp
     from tests.peak_memory import PeakMemory
     w = torch.randn(512, 512, 3, 3, generator=torch.Generator().manual_seed(0))
     kcp(w[:32, :32], 1, 2)  # warm the code paths up before measuring

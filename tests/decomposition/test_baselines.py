@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kcp.decompose import Decomposition, cp, decompose, dense, svd, tucker2
+from kcp.decomposition import Decomposition, cp, decompose, dense, svd, tucker2
 from kcp.methods import METHODS
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from kcp.decompose.moments import patch_moments
+from kcp.decomposition.moments import patch_moments
 from kcp.geometry import ConvGeometry
 
 

@@ -1,8 +1,8 @@
 """Fitting a decomposition to what the layer does: the output objective over calibration inputs.
 
-With the calibration patches' second moment ``G`` (:mod:`kcp.decompose.moments`), the squared output error of
+With the calibration patches' second moment ``G`` (:mod:`kcp.decomposition.moments`), the squared output error of
 a kernel estimate is ``tr((W - W_hat) G (W - W_hat)^T)``. SVD has a closed-form optimum (whitening, in
-:mod:`kcp.decompose.svd`); every other method starts from its kernel fit and refines this objective over all of
+:mod:`kcp.decomposition._svd`); every other method starts from its kernel fit and refines this objective over all of
 its factors with L-BFGS (an Armijo backtracking line search accepts only steps that lower it, so the recorded
 objective never rises). The gradient with respect to ``W_hat`` is ``-2 (W - W_hat) G`` in
 closed form, so each evaluation costs one C_out x D x D product plus a backward pass through the cheap
@@ -17,9 +17,9 @@ from dataclasses import replace
 
 import torch
 
-from kcp.decompose.moments import PatchMoments
-from kcp.decompose.result import Decomposition
-from kcp.decompose.stopping import convergence, window_change
+from kcp.decomposition.moments import PatchMoments
+from kcp.decomposition.result import Decomposition
+from kcp.decomposition.stopping import convergence, window_change
 
 FITS = ("kernel", "outputs")
 # Ridge added to G relative to tr(G)/D: keeps the whitening and the fit well posed where the calibration
@@ -50,7 +50,7 @@ def check_fit(fit: object, calibration: object, kernel_shape: tuple[int, ...]) -
     if not isinstance(calibration, PatchMoments):
         raise ValueError(
             "fit='outputs' needs calibration=PatchMoments of the layer's inputs "
-            f"(kcp.decompose.moments.patch_moments), got {type(calibration).__name__}"
+            f"(kcp.decomposition.moments.patch_moments), got {type(calibration).__name__}"
         )
     calibration.check_kernel(kernel_shape)
     return calibration

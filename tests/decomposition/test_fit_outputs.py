@@ -6,8 +6,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from kcp.decompose import decompose
-from kcp.decompose.moments import patch_moments
+from kcp.decomposition import decompose
+from kcp.decomposition.moments import patch_moments
 from kcp.geometry import ConvGeometry
 from kcp.methods import METHODS
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from kcp.decompose.stopping import EXACT, WINDOW, window_change
+from kcp.decomposition.stopping import EXACT, WINDOW, window_change
 
 # TensorLy's overhead per call dominates on small tensors, where its numpy backend is ~20x faster
 # than its pytorch one; on large ones the pytorch backend with the einsum MTTKRP (opt_einsum picks a
@@ -72,7 +72,7 @@ def cp_als(
     error after the start and every iteration.
 
     Stops after ``n_iter_max`` iterations, or once the last ``window`` iterations together lowered the error by
-    less than ``tol`` (relative; :mod:`kcp.decompose.stopping`), through TensorLy's callback.
+    less than ``tol`` (relative; :mod:`kcp.decomposition.stopping`), through TensorLy's callback.
     """
     import tensorly as tl  # imported here so that running factorised modules (e.g. on a GPU box) needs no TensorLy
     from tensorly.cp_tensor import CPTensor

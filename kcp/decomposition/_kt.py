@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 
 from kcp import methods
-from kcp.decompose.moments import PatchMoments
-from kcp.decompose.numerics import relative_error
-from kcp.decompose.outputs import check_fit, finish
-from kcp.decompose.result import Decomposition
-from kcp.decompose.validate import check_kernel, check_rank
+from kcp.decomposition.moments import PatchMoments
+from kcp.decomposition.numerics import relative_error
+from kcp.decomposition.outputs import check_fit, finish
+from kcp.decomposition.result import Decomposition
+from kcp.decomposition.validate import check_kernel, check_rank
 from kcp.kron import FactorShape, make_factor_shape, max_kt_rank, rearrange, unrearrange
 
 
@@ -76,7 +76,7 @@ def kt(
     """KT only (GKPD): ``W ~ sum_r A_r (x) B_r``, optimal for the rank by Van Loan-Pitsianis.
 
     ``fit="outputs"`` refines that start on the output error over ``calibration``
-    (:func:`kcp.decompose.outputs.refine_outputs`).
+    (:func:`kcp.decomposition.outputs.refine_outputs`).
     """
     w = check_kernel(weight)
     shape = make_factor_shape(w.shape, factors, placement)

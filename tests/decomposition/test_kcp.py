@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from kcp.decompose import cp, kcp, kt
-from kcp.decompose.kcp import FACTOR_KEYS
+from kcp.decomposition import cp, kcp, kt
+from kcp.decomposition._kcp import FACTOR_KEYS
 
 
 def planted_kcp(out=(4, 4), inp=(4, 4), k=3, r=2, rank=3, seed=0) -> torch.Tensor:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kcp.decompose import kt, kt_spectrum
+from kcp.decomposition import kt, kt_spectrum
 from kcp.kron import make_factor_shape, max_kt_rank, rearrange
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from kcp import methods
-from kcp.decompose.outputs import check_fit_name
-from kcp.decompose.result import Decomposition
-from kcp.decompose.validate import check_kernel
+from kcp.decomposition.outputs import check_fit_name
+from kcp.decomposition.result import Decomposition
+from kcp.decomposition.validate import check_kernel
 
 
 @methods.implements("dense", "decompose")
@@ -15,7 +15,7 @@ def dense(weight: torch.Tensor, *, fit: str = "kernel", calibration: object = No
     """The kernel unchanged: one factor ``weight``, zero error.
 
     ``fit`` and ``calibration`` are accepted (and ignored: the dense kernel is exact under both) so that callers
-    of :func:`kcp.decompose.decompose` need no special case.
+    of :func:`kcp.decomposition.decompose` need no special case.
     """
     check_kernel(weight)
     check_fit_name(fit)
