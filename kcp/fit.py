@@ -20,13 +20,7 @@ if TYPE_CHECKING:
 # FITS: "kernel" minimises ||W - W_hat||, "outputs" the layer's output error on calibration inputs.
 DEFAULT_FIT = "kernel"
 
-
-def check_fit(fit: object) -> str:
-    """``fit`` if it is one of the library's ``FITS``, else a ValueError that lists them."""
-    if fit not in FITS:
-        raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(FITS)} (the kernel itself, or the layer's "
-                         f"outputs on calibration images)")
-    return fit  # type: ignore[return-value]
+__all__ = ["DEFAULT_FIT", "FITS", "decompose_point", "point_options"]
 
 
 def point_options(method: str, *, factors: tuple[int, int, int, int] | None = None, placement: str = "split",

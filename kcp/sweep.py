@@ -29,9 +29,10 @@ import torch
 from kcp.budget import BUDGET_KINDS, largest_within
 from kcp.cache import ResultCache, cache_key
 from kcp.decomposition import REFINE_SWEEPS, Decomposition
+from kcp.decomposition.outputs import check_fit_name
 from kcp.engines import Cancelled, Engine, Node, make_engine, run_graph
 from kcp.evaluate import evaluate
-from kcp.fit import DEFAULT_FIT, check_fit, decompose_point, point_options
+from kcp.fit import DEFAULT_FIT, decompose_point, point_options
 from kcp.kron import FactorShape, make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import LatencySettings, Timing, measure
 from kcp.methods import BASELINES, DECOMPOSITIONS
@@ -70,7 +71,7 @@ class SweepConfig:
 
     def check(self, shape: FactorShape) -> None:
         """Refuse ranks past the layer's largest meaningful ones, unknown methods and budgets."""
-        check_fit(self.fit)
+        check_fit_name(self.fit)
         unknown = [m for m in self.methods if m not in DECOMPOSITIONS]
         if unknown or not self.methods:
             raise ValueError(f"unknown methods {unknown}: choose from {', '.join(DECOMPOSITIONS)}")

@@ -19,7 +19,7 @@ from torch import nn
 
 from kcp import costs
 from kcp.decomposition.moments import PatchMoments, patch_moments
-from kcp.fit import check_fit
+from kcp.decomposition.outputs import check_fit_name
 from kcp.geometry import ConvGeometry
 from kcp.modules import check_conv
 
@@ -144,7 +144,7 @@ class LayerTarget:
 
     def fit_options(self, fit: str) -> dict[str, Any]:
         """The keyword options of a decomposition fitted to ``fit`` on this layer."""
-        if check_fit(fit) == "kernel":
+        if check_fit_name(fit) == "kernel":
             return {}
         return {"fit": "outputs", "calibration": self.moments()}
 

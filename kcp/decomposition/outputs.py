@@ -39,7 +39,8 @@ OUTPUT_WORK = 5e10
 def check_fit_name(fit: object) -> str:
     """``fit`` itself, when it is one of :data:`FITS`."""
     if fit not in FITS:
-        raise ValueError(f"fit must be one of {', '.join(repr(f) for f in FITS)}, got {fit!r}")
+        raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(repr(f) for f in FITS)} (the kernel itself, or "
+                         "the layer's outputs on calibration images)")
     return fit
 
 
