@@ -113,3 +113,26 @@ def test_large_systems_fall_back_to_lbfgs(monkeypatch):
     values = np.array(fallback.info["objective"])
     assert (np.diff(values) <= 1e-12).all()
     assert values[-1] < values[0]
+
+
+def test_the_lm_jacobian_is_autograds():
+    from kcp.decomposition import polish
+
+    g = torch.Generator().manual_seed(7)
+    a_side = [torch.randn(2, n, 3, generator=g, dtype=torch.float64) for n in (3, 2, 3, 1)]
+    b_side = [torch.randn(2, n, 3, generator=g, dtype=torch.float64) for n in (2, 4, 1, 3)]
+    matrix = torch.randn(18, 24, generator=g, dtype=torch.float64)
+    seen = {}
+
+    def spy(residual, jacobian, x, history, **_kw):
+        seen["ours"], seen["autograd"] = jacobian(x), torch.func.jacfwd(residual)(x)
+        return x
+
+    original = polish.levenberg_marquardt
+    polish.levenberg_marquardt = spy
+    try:
+        polish.polish_kcp(matrix, a_side, b_side, [1.0], max_iter=1, tol=0)
+    finally:
+        polish.levenberg_marquardt = original
+    torch.testing.assert_close(seen["ours"], seen["autograd"], rtol=0, atol=1e-12)
+    assert seen["ours"].shape == (18 * 24, 2 * 3 * (3 + 2 + 3 + 2 + 4 + 3))
