@@ -130,7 +130,7 @@ def held_out(points, long: bool = True, methods=("kcp", *BASELINES)) -> tuple[li
                 # KT and SVD are closed-form optima (Van Loan-Pitsianis, Eckart-Young): their "long run" is the same
                 # computation, so their gap is zero by construction; the iterative fits get a 10^4 times tighter one.
                 long_fit, t_long = _timed(w, method, **ranks, **LONG.get(method, {}))
-                gaps.append({"model": model, "layer": layer, "method": method,
+                gaps.append({"model": model, "layer": layer, "R": r, "K": k, "method": method,
                              "ranks": rows[-1]["ranks"], "default": kernel_fit.rel_error, "long": long_fit.rel_error,
                              "gap": kernel_fit.rel_error - long_fit.rel_error, "t_default_s": t_kernel,
                              "t_long_s": t_long, "steps_default": _steps(kernel_fit), "steps_long": _steps(long_fit),
@@ -198,9 +198,12 @@ def main() -> None:
     parser.add_argument("--no-speed", action="store_true", help="skip the timing section")
     parser.add_argument("--methods", default="kcp,kt,cp,tucker2,svd", help="methods of the held-out section")
     parser.add_argument("--threads", default="1,2", help="torch thread counts of the timing section")
+    parser.add_argument("--points", default=None,
+                        help="comma-separated indices into POINTS (default: all); rows of other points are kept")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    points = [p for p in POINTS if p[4] or not args.quick]
+    chosen = range(len(POINTS)) if args.points is None else [int(i) for i in args.points.split(",")]
+    points = [POINTS[i] for i in chosen if POINTS[i][4] or not args.quick]
     payload: dict = {"machine": machine(), "threads": "held-out and convergence: 1; speed: per row"}
     if not args.no_held_out:
         print("== held-out output error, fit='kernel' vs fit='outputs' (equal parameters) ==")
@@ -218,10 +221,20 @@ def main() -> None:
         print("\n== fit times (median of 3) ==")
         payload["speed"] = speed(tuple(int(t) for t in args.threads.split(",")))
         table(payload["speed"], ["case", "threads", "median_s", "goal_s", "ok", "steps", "solver", "kernel"])
-    # Sections skipped in this run keep their rows from the previous one.
+    # Sections skipped in this run keep their rows from the previous one, and so do the rows of points not run
+    # (so that the benchmark can run in parts, each short enough for an exclusive slot on a shared machine).
     path = RESULTS / "fit_cpu.json"
-    write("fit_cpu.json", {**(json.loads(path.read_text()) if path.is_file() else {}), **payload})
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    for section in ("held_out", "convergence"):
+        if section in payload:
+            ran = {_point_key(row) for row in payload[section]}
+            kept = [row for row in previous.get(section, []) if _point_key(row) not in ran]
+            payload[section] = kept + payload[section]
+    write("fit_cpu.json", {**previous, **payload})
 
+
+def _point_key(row: dict) -> tuple:
+    return (row["model"], row["layer"], row.get("R"), row.get("K"))
 
 if __name__ == "__main__":
     main()
