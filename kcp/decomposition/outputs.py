@@ -2,11 +2,13 @@
 
 With the calibration patches' second moment ``G`` (:mod:`kcp.decomposition.moments`), the squared output error of
 a kernel estimate is ``tr((W - W_hat) G (W - W_hat)^T)``. SVD has a closed-form optimum (whitening, in
-:mod:`kcp.decomposition._svd`); every other method starts from its kernel fit and refines this objective over all of
-its factors with L-BFGS (an Armijo backtracking line search accepts only steps that lower it, so the recorded
-objective never rises). The gradient with respect to ``W_hat`` is ``-2 (W - W_hat) G`` in
-closed form, so each evaluation costs one C_out x D x D product plus a backward pass through the cheap
-reconstruction.
+:mod:`kcp.decomposition._svd`). KT and KCP are refined by exact weighted block ALS (:mod:`kcp.decomposition.weighted`)
+where its linear systems are small; KCP first moves to the better of its kernel fit and a start fitted to the outputs
+at the Kronecker level. CP, Tucker-2 (and KCP at ranks whose systems are too large) start from their kernel fit and
+refine with L-BFGS over all factors (an Armijo backtracking line search accepts only steps that lower the
+objective). Either way the recorded objective never rises. For L-BFGS the gradient with respect to ``W_hat`` is
+``-2 (W - W_hat) G`` in closed form, so each evaluation costs one C_out x D x D product plus a backward pass through
+the cheap reconstruction.
 """
 
 from __future__ import annotations
@@ -95,12 +97,15 @@ def refine_outputs(
     window: int = OUTPUT_WINDOW,
     callback: Callable[[int, float], None] | None = None,
 ) -> Decomposition:
-    """``result`` (a float64 CPU kernel fit of ``weight``) refined on the output objective with L-BFGS.
+    """``result`` (a float64 CPU kernel fit of ``weight``) refined on the output objective: weighted block ALS for KT
+    and KCP where the systems are small (:func:`_weighted`), else L-BFGS; ``max_iter`` bounds the L-BFGS iterations
+    (the ALS sweeps run up to ``max(max_iter, OUTPUT_MAX_ITER)``), ``tol`` and ``window`` are the window rule of both.
 
     Returns a new result whose ``info`` says what was fitted (``fit``, ``calibration_patches``,
-    ``calibration_inputs``), the relative calibration output error (with the ridge-regularised G) after the start
-    and every iteration (``objective``, never rising), ``iterations``, ``converged`` and ``final_change``
-    (relative improvement over the last window). ``rel_error`` is left to the caller (it stays the kernel error).
+    ``calibration_inputs``), the relative calibration output error (with the ridge-regularised G) of the kernel fit
+    and after every step (``objective``, never rising; for KCP the second value may be the output-fitted start),
+    ``iterations``, ``converged``, ``final_change`` (relative improvement over the last window) and
+    ``output_solver`` (``"als"`` or ``"lbfgs"``). ``rel_error`` is left to the caller (it stays the kernel error).
     """
     w = weight.reshape(result.kernel_shape).to(torch.float64)
     objective = OutputObjective(w, calibration)
