@@ -18,6 +18,7 @@ from kcp.decomposition.als import cp_batch, side_tensor
 from kcp.decomposition.moments import PatchMoments
 from kcp.decomposition.numerics import randn, relative_error, rng_for
 from kcp.decomposition.outputs import check_fit, finish
+from kcp.decomposition.polish import LM_AFTER, polish_kcp, polishable
 from kcp.decomposition.refine import JOINT_LIMIT, refine, residual
 from kcp.decomposition.result import Decomposition
 from kcp.decomposition.stopping import convergence
@@ -123,7 +124,16 @@ def kcp(
 
     info: dict = {"seed": random_state if isinstance(random_state, int) else -1, "warm_start": warm}
     if refine_sweeps and kt_rank * cp_rank <= JOINT_LIMIT:
-        history = refine(matrix, a_side, b_side, n_sweeps=refine_sweeps, tol=tol, callback=callback)
+        # Small kernels: ALS for a while, then a Levenberg-Marquardt finish (kcp.decomposition.polish) for what is left
+        # of the same sweep budget, which crosses the swamps where ALS stalls.
+        finish_lm = polishable(matrix, a_side, b_side)
+        history = refine(matrix, a_side, b_side, n_sweeps=min(refine_sweeps, LM_AFTER) if finish_lm else refine_sweeps,
+                         tol=tol, callback=callback)
+        als_sweeps = len(history) - 1
+        if finish_lm and refine_sweeps > als_sweeps:
+            polish_kcp(matrix, a_side, b_side, history, max_iter=refine_sweeps - als_sweeps, tol=tol,
+                       callback=callback)
+            info["polish_iterations"] = len(history) - 1 - als_sweeps
         info.update(sweeps=len(history) - 1, **convergence(history, tol))
     else:
         history = [float(residual(matrix, a_side, b_side).norm() / (matrix.norm() or 1.0))]

@@ -2,11 +2,13 @@
 
 With the calibration patches' second moment ``G`` (:mod:`kcp.decomposition.moments`), the squared output error of
 a kernel estimate is ``tr((W - W_hat) G (W - W_hat)^T)``. SVD has a closed-form optimum (whitening, in
-:mod:`kcp.decomposition._svd`); every other method starts from its kernel fit and refines this objective over all of
-its factors with L-BFGS (an Armijo backtracking line search accepts only steps that lower it, so the recorded
-objective never rises). The gradient with respect to ``W_hat`` is ``-2 (W - W_hat) G`` in
-closed form, so each evaluation costs one C_out x D x D product plus a backward pass through the cheap
-reconstruction.
+:mod:`kcp.decomposition._svd`). KT and KCP are refined by exact weighted block ALS (:mod:`kcp.decomposition.weighted`)
+where its linear systems are small; KCP first moves to the better of its kernel fit and a start fitted to the outputs
+at the Kronecker level. CP, Tucker-2 (and KCP at ranks whose systems are too large) start from their kernel fit and
+refine with L-BFGS over all factors (an Armijo backtracking line search accepts only steps that lower the
+objective). Either way the recorded objective never rises. For L-BFGS the gradient with respect to ``W_hat`` is
+``-2 (W - W_hat) G`` in closed form, so each evaluation costs one C_out x D x D product plus a backward pass through
+the cheap reconstruction.
 """
 
 from __future__ import annotations
@@ -96,12 +98,15 @@ def refine_outputs(
     window: int = OUTPUT_WINDOW,
     callback: Callable[[int, float], None] | None = None,
 ) -> Decomposition:
-    """``result`` (a float64 CPU kernel fit of ``weight``) refined on the output objective with L-BFGS.
+    """``result`` (a float64 CPU kernel fit of ``weight``) refined on the output objective: weighted block ALS for KT
+    and KCP where the systems are small (:func:`_weighted`), else L-BFGS; ``max_iter`` bounds the L-BFGS iterations
+    (the ALS sweeps run up to ``max(max_iter, OUTPUT_MAX_ITER)``), ``tol`` and ``window`` are the window rule of both.
 
     Returns a new result whose ``info`` says what was fitted (``fit``, ``calibration_patches``,
-    ``calibration_inputs``), the relative calibration output error (with the ridge-regularised G) after the start
-    and every iteration (``objective``, never rising), ``iterations``, ``converged`` and ``final_change``
-    (relative improvement over the last window). ``rel_error`` is left to the caller (it stays the kernel error).
+    ``calibration_inputs``), the relative calibration output error (with the ridge-regularised G) of the kernel fit
+    and after every step (``objective``, never rising; for KCP the second value may be the output-fitted start),
+    ``iterations``, ``converged``, ``final_change`` (relative improvement over the last window) and
+    ``output_solver`` (``"als"`` or ``"lbfgs"``). ``rel_error`` is left to the caller (it stays the kernel error).
     """
     w = weight.reshape(result.kernel_shape).to(torch.float64)
     objective = OutputObjective(w, calibration)
@@ -123,9 +128,19 @@ def refine_outputs(
         approx.backward(grad)
         return value, flat.grad
 
-    x = torch.cat([result.factors[k].detach().to(torch.float64).reshape(-1) for k in keys])
-    history, x = lbfgs(evaluate, x, max_iter=max_iter, tol=tol, window=window, callback=callback)
-    best = unpack(x)
+    start = result.to(dtype=torch.float64)
+    history = [objective.value(start.reconstruct())]
+    solver = "lbfgs"
+    if result.method in ("kt", "kcp"):
+        start, solver = _weighted(start, objective, history, max_iter=max_iter, tol=tol, window=window,
+                                  callback=callback)
+    if solver == "lbfgs":
+        x = torch.cat([start.factors[k].detach().reshape(-1) for k in keys])
+        values, x = lbfgs(evaluate, x, max_iter=max_iter, tol=tol, window=window, callback=callback,
+                          offset=len(history) - 1)
+        history += values[1:]
+        start = unpack(x)
+    best = start
     info = dict(result.info)
     for key in ("iterations", "converged", "final_change"):  # the kernel fit's, kept apart from the output fit's own
         if key in info:
@@ -134,9 +149,49 @@ def refine_outputs(
         "fit": "outputs", "calibration_patches": int(calibration.count),
         "calibration_inputs": int(calibration.n_inputs),
         "objective": [math.sqrt(v) for v in history], "iterations": len(history) - 1,
-        **convergence(history, tol, window), "kernel_fit_error": result.rel_error,
+        **convergence(history, tol, window), "kernel_fit_error": result.rel_error, "output_solver": solver,
     })
     return replace(best, factors={k: v.detach() for k, v in best.factors.items()}, info=info)
+
+
+def _weighted(start: Decomposition, objective: OutputObjective, history: list[float], *, max_iter: int, tol: float,
+              window: int, callback: Callable[[int, float], None] | None) -> tuple[Decomposition, str]:
+    """KT and KCP refined by exact weighted block ALS (:mod:`kcp.decomposition.weighted`) where its systems are
+    small enough; KCP first moves to a start fitted to the outputs at the Kronecker level (the KT terms refined on the
+    outputs, then a CP of each) where that start's value is lower. Appends to ``history``; returns the result and
+    which solver finished it (``"als"``, or ``"lbfgs"`` where the systems are too large and L-BFGS is to go on)."""
+    from kcp.decomposition._kcp import A_KEYS, B_KEYS  # the method module imports this one
+    from kcp.decomposition.als import cp_batch, side_tensor
+    from kcp.decomposition.numerics import rng_for
+    from kcp.decomposition.weighted import WeightedKCP, fit_kcp, fit_kt
+
+    shape, r = start.factor_shape, start.ranks["kt_rank"]
+    if not WeightedKCP.feasible(shape, r):
+        return start, "lbfgs"
+    wk = WeightedKCP(objective.gram, objective.weight_gram, objective.energy, shape)
+    kw = {"max_sweeps": max(max_iter, OUTPUT_MAX_ITER), "tol": tol, "window": window}
+    if start.method == "kt":
+        a, b = fit_kt(wk, start.factors["a"].reshape(r, -1), start.factors["b"].reshape(r, -1), **kw,
+                      history=history, callback=callback)
+        return replace(start, factors={"a": a.reshape(r, *shape.a_shape), "b": b.reshape(r, *shape.b_shape)}), "als"
+    k = start.ranks["cp_rank"]
+    a_side, b_side = [start.factors[key] for key in A_KEYS], [start.factors[key] for key in B_KEYS]
+    # A start needs no converged KT fit: 2 windows of sweeps hold nearly all of its gain.
+    a, b = fit_kt(wk, side_tensor(a_side), side_tensor(b_side), **{**kw, "max_sweeps": 2 * window},
+                  history=[history[-1]])
+    rng = rng_for(start.info.get("seed", 0) if isinstance(start.info.get("seed"), int) else 0)
+    a_new, b_new = cp_batch(a.reshape(r, *shape.a_shape), k, rng), cp_batch(b.reshape(r, *shape.b_shape), k, rng)
+    value = wk.value(a_new, b_new)
+    if value < history[-1]:
+        a_side, b_side = a_new, b_new
+        history.append(value)
+        if callback is not None:
+            callback(len(history) - 1, math.sqrt(value))
+    solver = "lbfgs"
+    if WeightedKCP.feasible(shape, r, k):
+        fit_kcp(wk, a_side, b_side, **kw, history=history, callback=callback)
+        solver = "als"
+    return replace(start, factors={**start.factors, **dict(zip(A_KEYS + B_KEYS, a_side + b_side))}), solver
 
 
 def lbfgs(
@@ -148,12 +203,14 @@ def lbfgs(
     window: int,
     callback: Callable[[int, float], None] | None = None,
     memory: int = 20,
+    offset: int = 0,
 ) -> tuple[list[float], torch.Tensor]:
     """Minimise ``evaluate(x) -> (f, grad)`` from ``x`` by L-BFGS with a backtracking (Armijo) line search.
 
     Every accepted step lowers ``f``, so the returned values (the start, then one per iteration) never rise.
     Stops after ``max_iter`` iterations, or once ``f`` fell by less than ``tol`` (relative) over the last
-    ``window`` iterations, or when no step along the search direction lowers it. Returns ``(values, x_best)``.
+    ``window`` iterations, or when no step along the search direction lowers it. Returns ``(values, x_best)``;
+    ``callback(offset + iteration, sqrt(f))`` follows every iteration.
     """
     value, grad = evaluate(x)
     values = [value]
@@ -189,7 +246,7 @@ def lbfgs(
         x, value, grad = candidate, new_value, new_grad
         values.append(value)
         if callback is not None:
-            callback(it + 1, math.sqrt(value))
+            callback(offset + it + 1, math.sqrt(value))
         converged = value == 0.0 or window_change(values, window) <= tol
     return values, x
 

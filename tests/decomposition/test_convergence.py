@@ -23,8 +23,29 @@ def planted(factors, placement, r, k, seed):
     for _ in range(r):
         a, b = (torch.einsum("ic,jc,hc,wc->ijhw", *[torch.randn(n, k, generator=g, dtype=torch.float64) for n in s])
                 for s in (a_shape, b_shape))
-        w = w + torch.kron(a.contiguous(), b.contiguous())
+        # The Kronecker product written out (index j * b + l in every mode): torch.kron refuses some of these shapes.
+        w = w + torch.einsum("abcd,efgh->aebfcgdh", a, b).reshape([x * y for x, y in zip(a.shape, b.shape)])
     return w
+
+
+# Known misses of the defaults, kept in the grid as strict xfails so that a fix shows: factor shape 2,3,5,2 a-spatial
+# (B a 3x2 matrix, over-parameterised at K=3). ALS then the LM finish end at 0.16 and 0.017 (LM stationary: local
+# minima; 2 of 6 random starts find the exact fit) and at 0.010 (the window rule stops LM on a slow stretch; tol=0
+# recovers it after 130 steps).
+PLANTED_MISSES = {((2, 3, 5, 2), "a-spatial", 2, 3, 0), ((2, 3, 5, 2), "a-spatial", 3, 2, 0),
+                  ((2, 3, 5, 2), "a-spatial", 2, 3, 1)}
+PLANTED_GRID = [
+    pytest.param(factors, placement, r, k, seed, marks=pytest.mark.xfail(strict=True, reason="local minimum / stall")
+                 if (factors, placement, r, k, seed) in PLANTED_MISSES else ())
+    for factors in ((5, 6, 6, 7), (4, 3, 5, 3), (3, 5, 3, 5), (2, 3, 5, 2))
+    for placement in ("split", "a-spatial") for r, k in ((2, 2), (2, 3), (3, 2)) for seed in (0, 1)]
+
+
+def _check_recovered(factors, placement, r, k, seed):
+    w = planted(factors, placement, r, k, seed)
+    result = kcp(w, r, k, factors=factors, placement=placement)
+    assert result.rel_error < 1e-6, (result.rel_error, result.info)
+    assert result.info["converged"]
 
 
 @pytest.mark.parametrize(("factors", "placement", "r", "k", "seed"), [
@@ -33,13 +54,20 @@ def planted(factors, placement, r, k, seed):
     ((5, 6, 6, 7), "a-spatial", 2, 4, 2),
     ((4, 3, 5, 3), "a-spatial", 2, 3, 1),
     ((3, 5, 3, 5), "split", 2, 2, 1),
-    ((3, 5, 3, 5), "split", 2, 2, 2),
+    # Split placements where ALS alone stalls (at 6e-3 and 2e-5 after 1000 sweeps): the LM finish recovers them.
+    ((3, 5, 3, 5), "split", 3, 2, 1),
+    ((2, 3, 5, 2), "split", 3, 2, 1),
 ])
 def test_defaults_recover_planted_kcp_tensors(factors, placement, r, k, seed):
-    w = planted(factors, placement, r, k, seed)
-    result = kcp(w, r, k, factors=factors, placement=placement)
-    assert result.rel_error < 1e-6, (result.rel_error, result.info)
-    assert result.info["converged"]
+    _check_recovered(factors, placement, r, k, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("factors", "placement", "r", "k", "seed"), PLANTED_GRID)
+def test_defaults_recover_every_planted_tensor_of_the_grid(factors, placement, r, k, seed):
+    """Every odd factor shape, both placements, three rank pairs, two seeds: no instance left out (45 of 48 pass;
+    the three misses are strict xfails above)."""
+    _check_recovered(factors, placement, r, k, seed)
 
 
 def test_the_window_rule_does_not_stop_on_a_slow_stretch():

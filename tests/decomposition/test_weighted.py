@@ -1,0 +1,138 @@
+"""The weighted block ALS of the output fit against the dense objective: the same value, exact block solves (the
+dense objective's gradient vanishes on the block just solved), never rising, and the L-BFGS fallback."""
+
+import numpy as np
+import pytest
+import torch
+
+from kcp.decomposition import kcp, kt
+from kcp.decomposition._kcp import A_KEYS, B_KEYS
+from kcp.decomposition.als import side_tensor
+from kcp.decomposition.moments import patch_moments
+from kcp.decomposition.outputs import OutputObjective
+from kcp.decomposition.weighted import WeightedKCP
+from kcp.geometry import ConvGeometry
+from kcp.kron import unrearrange
+
+CASES = [((3, 5, 2, 3), "split"), ((3, 5, 2, 3), "a-spatial"), ((2, 3, 3, 2), "split")]
+
+
+def _problem(factors, placement, seed=0):
+    """A kernel of the factor shape and calibration moments of channel-correlated ReLU inputs."""
+    oa, ob, ia, ib = factors
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(oa * ob, ia * ib, 3, 3, generator=g, dtype=torch.float64)
+    mix = torch.randn(ia * ib, ia * ib, generator=g, dtype=torch.float64)
+    x = torch.relu(torch.einsum("dc,nchw->ndhw", mix, torch.randn(10, ia * ib, 6, 6, generator=g,
+                                                                     dtype=torch.float64)) + 0.5)
+    moments = patch_moments(x, (3, 3), ConvGeometry.make(padding=1))
+    start = kcp(w, 2, 2, factors=factors, placement=placement)
+    objective = OutputObjective(w, moments)
+    return w, objective, start, WeightedKCP(objective.gram, objective.weight_gram, objective.energy,
+                                            start.factor_shape)
+
+
+def _dense_value(objective, shape, a_full, b_full):
+    """The relative objective straight from the dense kernel: tr(dW G dW^T) / tr(W G W^T)."""
+    return objective.value(unrearrange(a_full.T @ b_full, shape))
+
+
+@pytest.mark.parametrize(("factors", "placement"), CASES)
+def test_value_is_the_dense_objective(factors, placement):
+    _w, objective, start, wk = _problem(factors, placement)
+    a_side, b_side = [start.factors[k] for k in A_KEYS], [start.factors[k] for k in B_KEYS]
+    expected = _dense_value(objective, start.factor_shape, side_tensor(a_side), side_tensor(b_side))
+    assert wk.value(a_side, b_side) == pytest.approx(expected, rel=1e-10)
+    after = wk.sweep(a_side, b_side)
+    assert after == pytest.approx(_dense_value(objective, start.factor_shape, side_tensor(a_side),
+                                               side_tensor(b_side)), rel=1e-9)
+    assert after < expected
+
+
+def _grad_norm(objective, shape, a_side, b_side, key_index):
+    """||d objective / d block|| of B's block ``key_index``, by autograd through the dense reconstruction."""
+    b_side = [f.clone().requires_grad_(i == key_index) for i, f in enumerate(b_side)]
+    approx = unrearrange(side_tensor(a_side).T @ side_tensor(b_side), shape)
+    delta = objective.weight - approx.reshape(objective.out_c, -1)
+    value = (delta * (delta @ objective.gram)).sum() / objective.energy
+    value.backward()
+    return float(b_side[key_index].grad.norm())
+
+
+@pytest.mark.parametrize(("factors", "placement"), CASES)
+def test_every_block_update_is_an_exact_solve(factors, placement):
+    _w, objective, start, wk = _problem(factors, placement, seed=1)
+    a_side, b_side = [start.factors[k] for k in A_KEYS], [start.factors[k] for k in B_KEYS]
+    last = max(i for i, f in enumerate(b_side) if f.shape[1] > 1)  # the block solved last in a sweep
+    before = _grad_norm(objective, start.factor_shape, a_side, b_side, last)
+    wk.sweep(a_side, b_side)
+    # The block just solved sits at the minimum over that block (balancing rescales it, which keeps that).
+    assert _grad_norm(objective, start.factor_shape, a_side, b_side, last) < 1e-8 * max(before, 1.0)
+
+
+def test_kt_sweep_solves_each_side_exactly():
+    w, objective, start, wk = _problem((3, 5, 2, 3), "split", seed=2)
+    shape = start.factor_shape
+    a, b = side_tensor([start.factors[k] for k in A_KEYS]), side_tensor([start.factors[k] for k in B_KEYS])
+    a, b, value = wk.kt_sweep(a, b)
+    assert value == pytest.approx(_dense_value(objective, shape, a, b), rel=1e-9)
+    b = b.clone().requires_grad_(True)
+    delta = objective.weight - unrearrange(a.T @ b, shape).reshape(objective.out_c, -1)
+    ((delta * (delta @ objective.gram)).sum() / objective.energy).backward()
+    assert float(b.grad.norm()) < 1e-9
+
+
+@pytest.mark.parametrize(("factors", "placement"), CASES)
+@pytest.mark.parametrize("method", ["kcp", "kt"])
+def test_output_fit_by_als_never_rises_and_beats_the_kernel_fit(method, factors, placement):
+    w, objective, _start, _wk = _problem(factors, placement, seed=3)
+    x = patch_moments(torch.relu(torch.randn(8, w.shape[1], 5, 5, generator=torch.Generator().manual_seed(4),
+                                             dtype=torch.float64)), (3, 3), ConvGeometry.make(padding=1))
+    ranks = (2, 2) if method == "kcp" else (2,)
+    fn = kcp if method == "kcp" else kt
+    kernel_fit = fn(w, *ranks, factors=factors, placement=placement)
+    fitted = fn(w, *ranks, factors=factors, placement=placement, fit="outputs", calibration=x)
+    assert fitted.info["output_solver"] == "als"
+    values = np.array(fitted.info["objective"])
+    assert (np.diff(values) <= 1e-12).all(), np.diff(values).max()
+    assert values[0] == pytest.approx(x.relative_error(w, kernel_fit.reconstruct()), rel=1e-5)
+    assert values[-1] == pytest.approx(x.relative_error(w, fitted.reconstruct()), rel=1e-5)
+    assert values[-1] < 0.99 * values[0]
+
+
+def test_large_systems_fall_back_to_lbfgs(monkeypatch):
+    import kcp.decomposition.weighted as weighted
+
+    w, objective, _start, _wk = _problem((3, 5, 2, 3), "split", seed=5)
+    x = patch_moments(torch.relu(torch.randn(8, 6, 5, 5, generator=torch.Generator().manual_seed(6),
+                                             dtype=torch.float64)), (3, 3), ConvGeometry.make(padding=1))
+    als = kcp(w, 2, 2, factors=(3, 5, 2, 3), fit="outputs", calibration=x)
+    monkeypatch.setattr(weighted, "SYSTEM_LIMIT", 4)
+    fallback = kcp(w, 2, 2, factors=(3, 5, 2, 3), fit="outputs", calibration=x)
+    assert (als.info["output_solver"], fallback.info["output_solver"]) == ("als", "lbfgs")
+    values = np.array(fallback.info["objective"])
+    assert (np.diff(values) <= 1e-12).all()
+    assert values[-1] < values[0]
+
+
+def test_the_lm_jacobian_is_autograds():
+    from kcp.decomposition import polish
+
+    g = torch.Generator().manual_seed(7)
+    a_side = [torch.randn(2, n, 3, generator=g, dtype=torch.float64) for n in (3, 2, 3, 1)]
+    b_side = [torch.randn(2, n, 3, generator=g, dtype=torch.float64) for n in (2, 4, 1, 3)]
+    matrix = torch.randn(18, 24, generator=g, dtype=torch.float64)
+    seen = {}
+
+    def spy(residual, jacobian, x, history, **_kw):
+        seen["ours"], seen["autograd"] = jacobian(x), torch.func.jacfwd(residual)(x)
+        return x
+
+    original = polish.levenberg_marquardt
+    polish.levenberg_marquardt = spy
+    try:
+        polish.polish_kcp(matrix, a_side, b_side, [1.0], max_iter=1, tol=0)
+    finally:
+        polish.levenberg_marquardt = original
+    torch.testing.assert_close(seen["ours"], seen["autograd"], rtol=0, atol=1e-12)
+    assert seen["ours"].shape == (18 * 24, 2 * 3 * (3 + 2 + 3 + 2 + 4 + 3))
