@@ -18,9 +18,14 @@ def default_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "kcp-rank-explorer"
 
 
+# Part of every key: raised whenever a release changes what a fit returns for the same inputs (v2: weighted block
+# ALS output fits and the Levenberg-Marquardt kernel finish), so an upgrade never serves the old numbers.
+CACHE_VERSION = 2
+
+
 def cache_key(**parts: Any) -> str:
-    """A stable key for the parts (weights hash, layer, method, ranks, options, ...)."""
-    blob = json.dumps(parts, sort_keys=True, default=str)
+    """A stable key for the parts (weights hash, layer, method, ranks, options, ...) and :data:`CACHE_VERSION`."""
+    blob = json.dumps({**parts, "cache_version": CACHE_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
