@@ -123,6 +123,8 @@ def finetune(
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             net.train()
+            if config.distill:
+                _freeze_norm(net)
             for step in range(1, config.steps + 1):
                 if should_stop is not None and should_stop():
                     result.cancelled, result.steps = True, step - 1
@@ -149,6 +151,15 @@ def finetune(
         evaluate(result.steps, None)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _freeze_norm(net: nn.Module) -> None:
+    # Distillation runs on few unlabelled images (the sample photos): batch-norm layers keep the dense network's
+    # running statistics, which the teacher's logits assume, instead of drifting to those few images' statistics
+    # (their affine weights still train).
+    for module in net.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            module.eval()
 
 
 def _memory_format(net: nn.Module, memory_format: torch.memory_format) -> None:
