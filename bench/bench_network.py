@@ -171,10 +171,11 @@ def main() -> None:
     parser.add_argument("--cifar-steps", type=int, default=CIFAR_STEPS, help="distillation steps per CIFAR plan")
     parser.add_argument("--out", default="network_cpu.json")
     parser.add_argument("--cache-dir")
+    parser.add_argument("--note", default="shared 2-core machine, other jobs running", help="the run's conditions")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = ResultCache(args.cache_dir)
-    result: dict = {"machine": machine(), "batch": BATCH, "note": "shared 2-core machine, other jobs running"}
+    result: dict = {"machine": machine(), "batch": BATCH, "note": args.note}
     if args.grid:  # first: the timed goal
         result["grid"] = grid(cache, args.workers)
         table(result["grid"]["rows"], list(GRID_COLUMNS))

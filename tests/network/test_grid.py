@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ from kcp.engines import Engine, make_engine
 from kcp.latency import LatencySettings
 from kcp.modules import KCPConv2d, from_conv
 from kcp.network import run as run_module
-from kcp.network.apply import apply_plan, predictions
+from kcp.network.apply import predictions
 from kcp.network.data import network_data
 from kcp.network.finetune import FinetuneConfig, finetune, training_execution
 from kcp.network.run import RunSettings, Session
@@ -57,14 +58,20 @@ def test_every_training_path_gives_the_dense_convs_gradients():
         torch.testing.assert_close(grads["layered"][name], grad, rtol=1e-3, atol=1e-4)
 
 
-def test_channels_last_training_matches_the_standard_format_and_restores_the_network(digits, digits_data,
-                                                                                      kcp_planner):
-    plan = kcp_planner.uniform(1, 2)
+def _kcp_digits(digits) -> nn.Module:
+    """digits-cnn with conv2-conv4 as KCP at R=1 K=2 (no refinement: quick)."""
+    net = copy.deepcopy(digits.model)
+    for name in ("conv2", "conv3", "conv4"):
+        net.set_submodule(name, from_conv(getattr(net, name), "kcp", kt_rank=1, cp_rank=2, refine_sweeps=0))
+    return net
+
+
+def test_channels_last_training_matches_the_standard_format_and_restores_the_network(digits, digits_data):
     data = replace(digits_data, eval_x=digits_data.eval_x[:64], eval_y=digits_data.eval_y[:64])
     reference = predictions(digits.model, data.eval_x)
     nets, curves = [], []
     for channels_last in (False, True):
-        net = apply_plan(digits, plan)
+        net = _kcp_digits(digits)
         config = FinetuneConfig(steps=3, batch=32, eval_every=3, channels_last=channels_last)
         curves.append(finetune(net, data, reference_eval=reference, config=config).curve)
         nets.append(net)
