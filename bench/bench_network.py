@@ -44,7 +44,7 @@ CIFAR_PLAN = PlanConfig(methods=("kcp", "kt", "svd"), kt_ranks=(1, 2), cp_ranks=
 CIFAR_MODELS = ("cifar-resnet20", "cifar-resnet56")
 # Label-free distillation from the dense network's logits on the calibration photos' views (agreement measured
 # on the other photos'); steps kept so that four plans fine-tune in minutes on this CPU.
-CIFAR_STEPS = 200
+CIFAR_STEPS = 100
 
 
 def step_ms(net, x, y, steps: int = STEPS) -> float:
