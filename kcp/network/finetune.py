@@ -36,7 +36,7 @@ def training_execution(module: KCPConv2d) -> str:
 class FinetuneConfig:
     """``steps`` of Adam (``lr``) on batches of ``batch`` training images; evaluated every ``eval_every`` steps.
     ``execution``: the path every KCP module trains on (None: :func:`training_execution` picks one per module);
-    ``channels_last``: train in that memory format (oneDNN's convs run about 25 % faster in it on the CPU)."""
+    ``channels_last``: train in that memory format (the dense digits network's step is about 15 % faster in it)."""
 
     steps: int = 300
     lr: float = 3e-3
@@ -122,9 +122,7 @@ def finetune(
     try:
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
-            net.train()
-            if config.distill:
-                _freeze_norm(net)
+            _train_mode(net, config)
             for step in range(1, config.steps + 1):
                 if should_stop is not None and should_stop():
                     result.cancelled, result.steps = True, step - 1
@@ -139,6 +137,7 @@ def finetune(
                 point = None
                 if step % config.eval_every == 0 or step == config.steps:
                     point = evaluate(step, loss.item())
+                    _train_mode(net, config)  # evaluating restored plain train mode
                 if progress is not None:
                     progress(step, config.steps, point)
     finally:
@@ -153,7 +152,10 @@ def finetune(
     return result
 
 
-def _freeze_norm(net: nn.Module) -> None:
+def _train_mode(net: nn.Module, config: FinetuneConfig) -> None:
+    net.train()
+    if not config.distill:
+        return
     # Distillation runs on few unlabelled images (the sample photos): batch-norm layers keep the dense network's
     # running statistics, which the teacher's logits assume, instead of drifting to those few images' statistics
     # (their affine weights still train).
