@@ -190,6 +190,13 @@ class _Runner:
         return {**row, "matched_to": matched_to}
 
 
+def point_decomposition(target: LayerTarget, config: SweepConfig, method: str, ranks: dict[str, int], *,
+                        cache: ResultCache | None = None) -> Decomposition:
+    """One point's decomposition as a sweep under ``config`` makes it cold (no warm start): read from ``cache``
+    where that sweep stored it, else computed and stored. A whole-network plan takes its layers' candidates so."""
+    return _Runner(target, config, cache, None).decomposition(method, ranks, None)[1]
+
+
 def sweep(
     target: LayerTarget,
     config: SweepConfig,

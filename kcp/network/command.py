@@ -47,8 +47,9 @@ def add_arguments(p: argparse.ArgumentParser, ints, methods) -> None:
     p.add_argument("--onnx", help="export the compressed network to this .onnx file (checked in onnxruntime)")
     p.add_argument("--cache-dir", help="result cache folder (default $KCP_CACHE_DIR or ~/.cache/kcp-rank-explorer)")
     p.add_argument("--no-cache", action="store_true")
-    p.add_argument("--engine", choices=ENGINES, help="where the per-layer sweeps run: a local process pool or a "
-                                                     "Ray cluster (default: this process)")
+    p.add_argument("--engine", choices=ENGINES, help="where the per-layer sweeps and the uniform grid's points "
+                                                     "run: a local process pool (two points at once on two cores) "
+                                                     "or a Ray cluster (default: this process)")
     p.add_argument("--workers", type=int, help="local worker processes, or CPUs of a local Ray instance")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     p.add_argument("--ray-address", help="an existing Ray cluster, e.g. ray://head:10001 (with --engine ray)")

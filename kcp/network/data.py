@@ -2,8 +2,8 @@
 
 Sources: the digits model's own train/test split (offline); any folder of images in class subfolders
 (``--data DIR``, read with ``torchvision.datasets.ImageFolder``); CIFAR-10 through ``torchvision.datasets.CIFAR10``
-(``--data cifar10``); or, for a model with no labelled data, its unlabelled sample images split in two halves
-(even views calibrate and train a distillation, odd views evaluate).
+(``--data cifar10``); or, for a model with no labelled data, its unlabelled sample images: the crops and flips of
+the calibration photos calibrate and train a distillation, those of the other photos evaluate (no photo in both).
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def network_data(loaded: zoo.LoadedModel, data: str | os.PathLike | None = None)
         if spec.family == "digits":
             s = digits_split()
             return NetworkData("digits (train / test split)", s.x_train, s.y_train, s.x_test, s.y_test)
-        x, _ = zoo.sample_images(loaded, zoo.max_images(loaded))
-        return NetworkData("sample images (even / odd views)", x[0::2], None, x[1::2], None)
+        calibration, _ = zoo.sample_images(loaded, zoo.max_images(loaded, "calibration"), split="calibration")
+        evaluation, _ = zoo.sample_images(loaded, zoo.max_images(loaded))
+        return NetworkData("sample images (calibration / evaluation photos)", calibration, None, evaluation, None)
     if str(data) == CIFAR10:
         return cifar10(loaded)
     return image_folder(loaded, Path(data))

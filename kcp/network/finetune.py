@@ -12,20 +12,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kcp.network.apply import predictions, scores, set_execution
+from kcp.modules import KCPConv2d
+from kcp.modules.kcp_conv import MODULE_PATHS
+from kcp.network.apply import predictions, scores
 from kcp.network.data import NetworkData
 
-# KCP modules train on the 'full' path: the kernel rebuilt from the factors at every step (autograd takes the
-# gradient back to them) and run as one conv. On the CPU the four-layer chain is memory-bound, not MAC-bound: its
-# middle width R K^2 is often wider than the layer, and depthwise convs have a slow backward in oneDNN, so it
-# trained about 2x slower than the dense network; 'full' trains at the dense network's speed
-# (bench/bench_network.py measures every path). Inference keeps the module's own path.
-TRAIN_EXECUTION = "full"
+# Which path a KCP module trains on (inference keeps the module's own). On the CPU the four-layer chain is
+# memory-bound, not MAC-bound: its intermediates are R K^2 channels wide and depthwise convs have a slow backward
+# in oneDNN, so a chain wider than about half the layer trained slower than the dense conv it replaces (at R=4
+# K=4 on digits-cnn, about 2x), while the 'full' path (the kernel rebuilt from the factors at every step,
+# autograd taking the gradient back to them, one conv) trains at the dense conv's speed. A narrow chain is
+# cheaper than the dense conv on both counts and trains on 'layered' (about 1.8x faster than 'full' at R=1 K=1).
+# bench/bench_network.py measures every path.
+NARROW = 0.5
+
+
+def training_execution(module: KCPConv2d) -> str:
+    """'layered' where the chain's width R K^2 is at most NARROW x the layer's narrower side, else 'full'."""
+    return "layered" if module.width <= NARROW * min(module.in_channels, module.out_channels) else "full"
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """``steps`` of Adam (``lr``) on batches of ``batch`` training images; evaluated every ``eval_every`` steps."""
+    """``steps`` of Adam (``lr``) on batches of ``batch`` training images; evaluated every ``eval_every`` steps.
+    ``execution``: the path every KCP module trains on (None: :func:`training_execution` picks one per module);
+    ``channels_last``: train in that memory format (the dense digits network's step is about 15 % faster in it)."""
 
     steps: int = 300
     lr: float = 3e-3
@@ -34,7 +45,8 @@ class FinetuneConfig:
     distill: bool = False
     temperature: float = 2.0
     eval_every: int = 25
-    execution: str = TRAIN_EXECUTION
+    execution: str | None = None
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.eval_every < 1:
@@ -42,6 +54,9 @@ class FinetuneConfig:
                              f"{self.eval_every}")
         if not self.lr > 0 or not self.temperature > 0:
             raise ValueError(f"lr and temperature must be > 0, got {self.lr} and {self.temperature}")
+        if self.execution is not None and self.execution not in MODULE_PATHS:
+            raise ValueError(f"execution must be None (chosen per module) or one of {', '.join(MODULE_PATHS)}, "
+                             f"got {self.execution!r}")
 
 
 @dataclass
@@ -84,8 +99,12 @@ def finetune(
     x, y = data.train_x, data.train_y
     if config.distill:
         y = predictions(teacher, x)
-    paths = {m: m.execution for m in net.modules() if hasattr(m, "execution")}
-    set_execution(net, config.execution)
+    paths = {m: m.execution for m in net.modules() if isinstance(m, KCPConv2d)}
+    for module in paths:
+        module.execution = config.execution or training_execution(module)
+    if config.channels_last:
+        _memory_format(net, torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(config.seed)
     params = [p for p in net.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(params, lr=config.lr)
@@ -103,7 +122,7 @@ def finetune(
     try:
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
-            net.train()
+            _train_mode(net, config)
             for step in range(1, config.steps + 1):
                 if should_stop is not None and should_stop():
                     result.cancelled, result.steps = True, step - 1
@@ -118,16 +137,38 @@ def finetune(
                 point = None
                 if step % config.eval_every == 0 or step == config.steps:
                     point = evaluate(step, loss.item())
+                    _train_mode(net, config)  # evaluating restored plain train mode
                 if progress is not None:
                     progress(step, config.steps, point)
     finally:
         net.eval()
+        if config.channels_last:
+            _memory_format(net, torch.contiguous_format)
         for module, path in paths.items():
             module.execution = path
     if result.cancelled and result.curve[-1]["step"] != result.steps:
         evaluate(result.steps, None)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _train_mode(net: nn.Module, config: FinetuneConfig) -> None:
+    net.train()
+    if not config.distill:
+        return
+    # Distillation runs on few unlabelled images (the sample photos): batch-norm layers keep the dense network's
+    # running statistics, which the teacher's logits assume, instead of drifting to those few images' statistics
+    # (their affine weights still train).
+    for module in net.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            module.eval()
+
+
+def _memory_format(net: nn.Module, memory_format: torch.memory_format) -> None:
+    # Module.to(memory_format=...) refuses the factorised modules' 3-d factors: only 4-d weights change format.
+    for p in net.parameters():
+        if p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=memory_format)
 
 
 def _loss(out: torch.Tensor, target: torch.Tensor, config: FinetuneConfig) -> torch.Tensor:

@@ -33,7 +33,7 @@ from kcp.kron import make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import LatencySettings, measure
 from kcp.methods import DECOMPOSITIONS
 from kcp.network.data import NetworkData
-from kcp.sweep import SweepConfig, _Runner, sweep
+from kcp.sweep import SweepConfig, point_decomposition, sweep
 from kcp.target import LayerTarget, fixed_moments
 from kcp.zoo.activations import batch_size
 from kcp.zoo.hooks import thread_hooks
@@ -238,7 +238,7 @@ class Planner:
         """A candidate's decomposition: a cache hit after the sweep (``config``, default the plan's) that listed it."""
         c = self.config
         config = config or self.sweep_config(name, c.kt_ranks, c.cp_ranks, c.methods)
-        return _Runner(self.target(name), config, self.cache, None).decomposition(method, ranks, None)[1]
+        return point_decomposition(self.target(name), config, method, ranks, cache=self.cache)
 
     def dense_layer(self, info: zoo.ConvLayerInfo, note: str) -> LayerPlan:
         macs = info.macs if info.macs is not None else 0

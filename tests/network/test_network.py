@@ -92,9 +92,14 @@ def test_finetuning_without_labels_needs_distillation(digits, small_data, plan):
     reference = predictions(digits.model, small_data.eval_x)
     with pytest.raises(ValueError, match="distill"):
         finetune(apply_plan(digits, plan), unlabelled, reference_eval=reference)
-    result = finetune(apply_plan(digits, plan), unlabelled, reference_eval=reference, teacher=digits.model,
-                      config=FinetuneConfig(steps=2, batch=16, distill=True))
-    assert result.steps == 2 and result.final["loss"] > 0
+    net = apply_plan(digits, plan)
+    result = finetune(net, unlabelled, reference_eval=reference, teacher=digits.model,
+                      config=FinetuneConfig(steps=3, batch=16, distill=True, eval_every=1))
+    assert result.steps == 3 and result.final["loss"] > 0
+    # Distillation keeps the dense network's batch-norm statistics (the teacher's); the factors did train.
+    for name in ("bn2.running_mean", "bn2.running_var", "bn4.running_mean"):
+        assert torch.equal(net.get_buffer(name), digits.model.get_buffer(name))
+    assert any(not torch.equal(p, q) for p, q in zip(net.fc.parameters(), digits.model.fc.parameters()))
 
 
 def test_a_saved_network_loads_back_with_the_same_outputs(digits, small_data, plan, tmp_path):

@@ -122,3 +122,19 @@ def test_calibration_images_are_training_images(planner, digits_data):
     assert torch.equal(x, digits_data.train_x[:8])
     flat_eval = {tuple(v.flatten().tolist()) for v in digits_data.eval_x}
     assert not any(tuple(v.flatten().tolist()) in flat_eval for v in x)
+
+
+def test_a_plan_takes_its_decompositions_from_the_sweeps_cache(planner, monkeypatch):
+    import kcp.sweep
+
+    plan = planner.plan(Budget("compression", 10.0))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a decomposition was computed again instead of read from the cache")
+
+    monkeypatch.setattr(kcp.sweep, "decompose_point", refuse)
+    chosen = [layer for layer in plan.layers if layer.decomposition is not None]
+    assert chosen
+    for layer in chosen:
+        again = planner.decomposition(layer.name, layer.method, layer.ranks)
+        torch.testing.assert_close(again.reconstruct(), layer.decomposition.reconstruct(), rtol=0, atol=0)
