@@ -15,11 +15,12 @@ from kcp import zoo
 from kcp.cache import ResultCache
 from kcp.engines import ENGINES, Engine, check_engine, make_engine
 from kcp.export import save_network
+from kcp.fit import DEFAULT_FIT, FITS
 from kcp.latency import LatencySettings
 from kcp.network.data import network_data
 from kcp.network.finetune import FinetuneConfig
 from kcp.network.onnx_export import check_onnx, export_onnx
-from kcp.network.plan import FITS, Budget, PlanConfig
+from kcp.network.plan import Budget, PlanConfig
 from kcp.network.run import SCALARS, RunSettings, Session
 
 
@@ -32,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser, ints, methods) -> None:
     budget.add_argument("--kt", type=ints, help="uniform grid: KT ranks, e.g. 1,2,4,8 (with --cp)")
     p.add_argument("--cp", type=ints, help="uniform grid: CP ranks, e.g. 1,2,4,8 (with --kt)")
     p.add_argument("--methods", type=methods, default=PlanConfig().methods, help="methods a plan may choose")
-    p.add_argument("--fit", choices=FITS, default="kernel", help="what the decompositions fit")
+    p.add_argument("--fit", choices=FITS, default=DEFAULT_FIT, help="what the decompositions fit")
     p.add_argument("--finetune-steps", type=int, default=0, help="fine-tuning steps (default 0: zero-shot only)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     p.add_argument("--batch", type=int, default=128, help="fine-tuning batch size (default 128)")

@@ -27,7 +27,9 @@ from kcp import zoo
 from kcp.cache import ResultCache
 from kcp.decomposition import REFINE_SWEEPS, Decomposition
 from kcp.decomposition.moments import patch_moments
+from kcp.decomposition.outputs import check_fit_name
 from kcp.engines import Engine
+from kcp.fit import DEFAULT_FIT
 from kcp.geometry import ConvGeometry
 from kcp.kron import make_factor_shape, max_cp_rank, max_kt_rank
 from kcp.latency import LatencySettings, measure
@@ -39,7 +41,6 @@ from kcp.zoo.activations import batch_size
 from kcp.zoo.hooks import thread_hooks
 
 BUDGET_KINDS = ("compression", "macs", "latency")
-FITS = ("kernel", "outputs")
 GRID = (1, 2, 4, 8)
 CALIBRATION_IMAGES = 256
 # Cheap per-layer timings for the latency budget (the applied network is timed properly afterwards).
@@ -78,7 +79,7 @@ class PlanConfig:
     methods: tuple[str, ...] = DECOMPOSITIONS
     kt_ranks: tuple[int, ...] = GRID
     cp_ranks: tuple[int, ...] = GRID
-    fit: str = "kernel"
+    fit: str = DEFAULT_FIT
     refine_sweeps: int = REFINE_SWEEPS
     seed: int = 0
     calibration_images: int = CALIBRATION_IMAGES
@@ -87,8 +88,7 @@ class PlanConfig:
         unknown = [m for m in self.methods if m not in DECOMPOSITIONS]
         if unknown or not self.methods:
             raise ValueError(f"unknown methods {unknown}: choose from {', '.join(DECOMPOSITIONS)}")
-        if self.fit not in FITS:
-            raise ValueError(f"fit must be one of {', '.join(FITS)}, got {self.fit!r}")
+        check_fit_name(self.fit)
 
 
 @dataclass
