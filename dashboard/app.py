@@ -12,9 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on the path, not the repository root
     sys.path.insert(0, str(ROOT))
 
+from dashboard.components import prestart  # noqa: E402
+
+prestart.start()  # the workers' imports run beside the server's own (first run) from here
+
 import streamlit as st  # noqa: E402
 
+from dashboard.components import workers  # noqa: E402
+
 st.set_page_config(page_title="KCP Rank Explorer", page_icon=":material/view_in_ar:", layout="wide")
+workers.pool()  # started before the page's first request for work, so the first view does not wait for it
 st.navigation([
     st.Page("views/explore.py", title="Explore", icon=":material/tune:", default=True),
     st.Page("views/grid.py", title="Rank grid", icon=":material/grid_on:"),
