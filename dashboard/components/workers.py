@@ -20,7 +20,8 @@ import streamlit as st
 import torch
 from streamlit.runtime import Runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
-from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
+from streamlit.runtime.scriptrunner_utils.script_requests import RerunData, ScriptRequestType
 
 from dashboard.components import prestart
 from kcp.workers import WorkerPool, cpu_share
@@ -55,6 +56,29 @@ def session_id() -> str:
     return ctx.session_id if ctx is not None else ""
 
 
+def _rerun_of_this_fragment() -> RerunData | None:
+    """A waiting rerun of the fragment that is running now (a slider moved in it), taken from Streamlit's queue.
+
+    Streamlit lets a rerun preempt the script only at its yield points, and never lets a fragment's own widget
+    preempt a running fragment: without this, a slider move would wait for the point it replaces. Read the way
+    ``ScriptRequests.on_scriptrunner_yield`` reads it; if the internals differ (another Streamlit), nothing is
+    taken and the move waits as before.
+    """
+    ctx = get_script_run_ctx(suppress_warning=True)
+    requests = getattr(ctx, "script_requests", None)
+    running = getattr(ctx, "fragment_ids_this_run", None)
+    lock = getattr(requests, "_lock", None)
+    if not running or lock is None:
+        return None
+    with lock:
+        data = getattr(requests, "_rerun_data", None)
+        queue = getattr(data, "fragment_id_queue", None)
+        if getattr(requests, "_state", None) != ScriptRequestType.RERUN or not queue or not set(queue) <= set(running):
+            return None
+        requests._state = ScriptRequestType.CONTINUE
+        return data
+
+
 def run(fn: Callable[..., T], *args, slot: str, key: Hashable, progress: Callable[[Any], None] | None = None,
         **kwargs) -> T:
     """``fn(*args, **kwargs)`` in a worker as this session's ``slot`` job, waiting for it here.
@@ -69,6 +93,9 @@ def run(fn: Callable[..., T], *args, slot: str, key: Hashable, progress: Callabl
     try:
         while not job.wait(WAIT_SECONDS):
             st.session_state.get("_kcp_yield")  # where Streamlit raises a pending rerun or stop
+            rerun = _rerun_of_this_fragment()
+            if rerun is not None:
+                raise RerunException(rerun)
             if progress is not None and job.progress is not None and job.progress is not seen:
                 seen = job.progress
                 progress(seen)
