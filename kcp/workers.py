@@ -60,6 +60,7 @@ class Job:
     args: tuple
     kwargs: dict
     wants_progress: bool = False
+    background: bool = False
     state: str = "queued"
     result: Any = None
     error: BaseException | None = None
@@ -173,10 +174,12 @@ class WorkerPool:
 
     # -- the caller's side -------------------------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], *args, owner: str = "", slot: str | None = None,
-               key: Hashable = None, progress: bool = False, **kwargs) -> Job:
+               key: Hashable = None, progress: bool = False, background: bool = False, **kwargs) -> Job:
         """Queue ``fn(*args, **kwargs)``. In a ``slot``, a job with the same ``key`` still in flight is returned
         instead of a new one, and any other job of that owner's slot is cancelled. With ``progress`` the
-        function gets a ``progress(payload)`` keyword whose latest payload shows in ``job.progress``."""
+        function gets a ``progress(payload)`` keyword whose latest payload shows in ``job.progress``. A
+        ``background`` job (nobody waits on it to see a page) starts only while another worker stays free, so it
+        never delays a foreground job (in a pool of one worker: only while no foreground job waits)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the worker pool is closed")
@@ -188,7 +191,7 @@ class WorkerPool:
             if len(self._queue) >= self.max_queued:
                 raise QueueFull(f"the server is busy: {len(self._queue)} requests are waiting already. Try again "
                                 f"in a moment.")
-            job = Job(next(self._ids), owner, slot, key, fn, args, kwargs, progress)
+            job = Job(next(self._ids), owner, slot, key, fn, args, kwargs, progress, background)
             self._queue.append(job)
             return job
 
@@ -275,23 +278,29 @@ class WorkerPool:
                     worker.job = None
         self._finish(job, "cancelled", error=JobCancelled(reason))
 
-    def _next_job(self) -> Job | None:
-        """The oldest queued job of the owner with the fewest jobs running (a fair share of the workers)."""
-        if not self._queue:
+    def _next_job(self, idle: int) -> Job | None:
+        """The oldest queued job of the owner with the fewest jobs running (a fair share of the workers); foreground
+        jobs first, and a background one only while another of the ``idle`` workers stays free."""
+        foreground_waits = any(not j.background for j in self._queue)
+        spare = idle > 1 or (len(self._workers) == 1 and not foreground_waits)
+        candidates = [j for j in self._queue if spare or not j.background]
+        if not candidates:
             return None
         running: dict[str, int] = {}
         for w in self._workers:
             if w.job is not None:
                 running[w.job.owner] = running.get(w.job.owner, 0) + 1
-        return min(self._queue, key=lambda j: (running.get(j.owner, 0), j.submitted, j.id))
+        return min(candidates, key=lambda j: (j.background, running.get(j.owner, 0), j.submitted, j.id))
 
     def _dispatch(self) -> None:
+        idle = sum(w.job is None and w.ready for w in self._workers)
         for worker in self._workers:
             if worker.job is not None or not worker.ready:
                 continue
-            job = self._next_job()
+            job = self._next_job(idle)
             if job is None:
                 return
+            idle -= 1
             self._queue.remove(job)
             try:
                 worker.conn.send((job.id, job.fn, job.args, job.kwargs, job.wants_progress))

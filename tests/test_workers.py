@@ -127,3 +127,15 @@ def test_workers_warm_up_before_their_first_job_replacements_too(pool):
     job = pool.submit(_warmed)
     assert job.outcome() == ["layer"] and job.pid not in (slow.pid, busy.pid)
     pool.cancel(busy)
+
+
+def test_a_background_job_leaves_a_worker_free_for_the_foreground(pool):
+    busy = pool.submit(time.sleep, 60, owner="a")
+    assert _running(busy)
+    later = pool.submit(math.factorial, 7, owner="b", background=True)
+    time.sleep(0.5)
+    assert later.state == "queued"  # one worker is free, and it stays free for a foreground job
+    assert pool.submit(math.factorial, 5, owner="c").outcome() == 120
+    assert later.state == "queued"
+    pool.cancel(busy)
+    assert later.outcome() == 5040

@@ -32,6 +32,9 @@ torch.set_num_threads(1)
 
 T = TypeVar("T")
 WORKERS_ENV = "KCP_DASHBOARD_WORKERS"
+# Slots whose answer completes a view already drawn (the other fit's row): they run only while a worker stays free
+# for the next slider move, of this session or another.
+BACKGROUND_SLOTS = frozenset({"contrast"})
 WAIT_SECONDS = 0.02
 
 
@@ -88,7 +91,8 @@ def run(fn: Callable[..., T], *args, slot: str, key: Hashable, progress: Callabl
     ``kcp.workers.JobCancelled``.
     """
     workers = pool()
-    job = workers.submit(fn, *args, owner=session_id(), slot=slot, key=key, progress=progress is not None, **kwargs)
+    job = workers.submit(fn, *args, owner=session_id(), slot=slot, key=key, progress=progress is not None,
+                         background=slot in BACKGROUND_SLOTS, **kwargs)
     seen = None
     try:
         while not job.wait(WAIT_SECONDS):

@@ -120,10 +120,11 @@ def other_fits(sel: sidebar.Selection, point: resources.Point) -> list[resources
 
 
 def fit_contrast(place, sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget,
-                 point: resources.Point, row: dict) -> None:
+                 point: resources.Point, row: dict, light: bool) -> None:
     """The current point fitted both ways, side by side: what each fit does to kernel and output error. Drawn into
     ``place`` with the shown fit's row at once; the other fit's row follows from its own job (slot "contrast"),
-    after the rest of the view is drawn, and a slider move stops it."""
+    after the rest of the view is drawn, and a slider move stops it. Only for a ``light`` point (within the app's
+    budget without a confirmation): a confirmed heavy point is not fitted a second time unasked."""
     if target.calibration is None:
         return
     rows = {point.fit: row}
@@ -143,8 +144,11 @@ def fit_contrast(place, sel: sidebar.Selection, key: resources.TargetKey, target
             })
 
     show()
+    if not light:
+        note.caption("The other fit is not computed for a point this heavy; switch *Fit to* in the sidebar to see it.")
+        return
     for other in other_fits(sel, point):
-        note.caption(f"Fitting to {sidebar.FIT_LABELS[other.fit]} in a worker…")
+        note.caption(f"Fitting to {sidebar.FIT_LABELS[other.fit]} in a worker, once one is free…")
         with place:
             found = guards.attempt(f"Fitting to {sidebar.FIT_LABELS[other.fit]}", resources.metrics, key, other,
                                    sel.live_fidelity, target, "contrast", warn=True)
@@ -222,7 +226,7 @@ def live(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget) 
         notes.append(f"Refinement skipped: {result.info['refine_skipped']}.")
     notes.append(f"{UPDATED} {fmt.ranks(result.ranks)} in {time.perf_counter() - started:.2f} s.")
     caption.caption(" ".join(n for n in notes if n))
-    fit_contrast(contrast, sel, key, target, point, row)
+    fit_contrast(contrast, sel, key, target, point, row, est.decide(prediction, est.APP_LIMITS).action == "run")
 
 
 def _fitted(info: dict, target: LayerTarget) -> str:
