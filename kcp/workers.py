@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -34,6 +35,8 @@ POLL_SECONDS = 0.02
 ALIVE_EVERY_SECONDS = 1.0
 # How many warm-up calls a new worker runs (the most recently registered ones).
 WARM_CALLS = 4
+# Niceness of a background job's thread (0 is the default, 19 the lowest priority).
+BACKGROUND_NICE = 10
 
 
 class QueueFull(ValueError):
@@ -96,6 +99,30 @@ def _warm_up(calls: list[tuple[Callable[..., Any], tuple]]) -> None:
             continue
 
 
+def _call(job_id: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple:
+    try:
+        return ("done", job_id, fn(*args, **kwargs))
+    except BaseException as exc:  # everything goes back to the caller, who decides
+        return ("error", job_id, exc)
+
+
+def _in_background(job_id: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple:
+    """:func:`_call` in a thread of its own at a lower CPU priority (Linux: niceness is per thread, and a thread
+    that ends takes it along; with one torch thread the job's work runs in that thread), so that it yields the
+    cores to foreground jobs in the other workers."""
+    reply: list[tuple] = []
+
+    def run() -> None:
+        if sys.platform.startswith("linux"):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        reply.append(_call(job_id, fn, args, kwargs))
+
+    thread = threading.Thread(target=run, name="kcp-background-job")
+    thread.start()
+    thread.join()
+    return reply[0]
+
+
 def _worker_main(conn, threads: int, preload: tuple[str, ...], calls: list) -> None:
     """A worker's loop: import ``preload``, run the warm-up ``calls``, say it is ready; then receive a job, run it,
     send back its result or its exception (picklable or not). A message with no job id is a warm-up call."""
@@ -116,16 +143,13 @@ def _worker_main(conn, threads: int, preload: tuple[str, ...], calls: list) -> N
             return
         if message is None:
             return
-        job_id, fn, args, kwargs, wants_progress = message
+        job_id, fn, args, kwargs, wants_progress, background = message
         if job_id is None:
             _warm_up([(fn, args)])
             continue
         if wants_progress:
             kwargs = {**kwargs, "progress": lambda payload, _id=job_id: conn.send(("progress", _id, payload))}
-        try:
-            reply = ("done", job_id, fn(*args, **kwargs))
-        except BaseException as exc:  # everything goes back to the caller, who decides
-            reply = ("error", job_id, exc)
+        reply = _call(job_id, fn, args, kwargs) if not background else _in_background(job_id, fn, args, kwargs)
         try:
             conn.send(reply)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -207,7 +231,7 @@ class WorkerPool:
             self._warm = [*self._warm, call][-WARM_CALLS:]
             for worker in self._workers:
                 try:
-                    worker.conn.send((None, fn, args, {}, False))
+                    worker.conn.send((None, fn, args, {}, False, False))
                 except (OSError, pickle.PicklingError, TypeError, AttributeError):
                     continue  # a dying worker is replaced by _reap, and the replacement gets the call
 
@@ -303,7 +327,7 @@ class WorkerPool:
             idle -= 1
             self._queue.remove(job)
             try:
-                worker.conn.send((job.id, job.fn, job.args, job.kwargs, job.wants_progress))
+                worker.conn.send((job.id, job.fn, job.args, job.kwargs, job.wants_progress, job.background))
             except (pickle.PicklingError, TypeError, AttributeError) as exc:
                 self._finish(job, "failed", error=TypeError(f"the job cannot be sent to a worker: {exc}"))
                 continue
@@ -347,6 +371,8 @@ class WorkerPool:
         for i, worker in enumerate(self._workers):
             if worker.process.is_alive():
                 continue
+            while worker.job is not None and not worker.conn.closed and worker.conn.poll() and self._receive(worker):
+                pass  # an answer sent just before the process ended still counts
             code = worker.process.exitcode
             job = worker.job
             worker.kill()
@@ -363,7 +389,7 @@ class WorkerPool:
                 return
             for worker in started:  # the warm-up calls registered while they started
                 for fn, args in self._warm:
-                    worker.conn.send((None, fn, args, {}, False))
+                    worker.conn.send((None, fn, args, {}, False, False))
 
     def _loop(self, workers: int) -> None:
         self._start(workers)

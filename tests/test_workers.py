@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 import time
 
 import pytest
 
-from kcp.workers import JobCancelled, QueueFull, WorkerDied, WorkerPool
+from kcp.workers import BACKGROUND_NICE, JobCancelled, QueueFull, WorkerDied, WorkerPool
 
 
 def _running(job, timeout=60.0):
@@ -37,6 +39,10 @@ def _remember(value) -> None:
 
 def _warmed() -> list:
     return list(_WARMED)
+
+
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +145,10 @@ def test_a_background_job_leaves_a_worker_free_for_the_foreground(pool):
     assert later.state == "queued"
     pool.cancel(busy)
     assert later.outcome() == 5040
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_a_background_job_runs_at_a_lower_priority_and_leaves_the_worker_as_it_was(pool):
+    base = pool.submit(_niceness).outcome()
+    assert pool.submit(_niceness, background=True).outcome() == base + BACKGROUND_NICE
+    assert pool.submit(_niceness).outcome() == base
