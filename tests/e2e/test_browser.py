@@ -27,7 +27,9 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = Path(os.environ.get("KCP_CHROMIUM", "/usr/bin/chromium"))
 VIEWPORT = {"width": 1400, "height": 1000}
 
-pytestmark = pytest.mark.e2e
+# A real server and browser: the same flows run in the fast lane through AppTest (tests/dashboard:
+# test_moving_the_sliders_decomposes_again, test_grid_cancel_keeps_finished_points).
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def _free_port() -> int:
