@@ -235,11 +235,6 @@ class WorkerPool:
                 except (OSError, pickle.PicklingError, TypeError, AttributeError):
                     continue  # a dying worker is replaced by _reap, and the replacement gets the call
 
-    def ready(self) -> int:
-        """How many workers are ready for a job (their imports and warm-up calls done)."""
-        with self._lock:
-            return sum(w.ready for w in self._workers)
-
     def cancel(self, job: Job, reason: str = "stopped") -> None:
         """Stop ``job``: drop it from the queue, or kill its worker (replaced at once) if it is running."""
         with self._lock:
