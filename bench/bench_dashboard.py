@@ -34,8 +34,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboard" / "app.py"
 CHROMIUM = Path(os.environ.get("KCP_CHROMIUM", "/usr/bin/chromium"))
-# One step at a time, as a user drags: every position is new to the caches.
-MOVES = [("kt", 3), ("cp", 5), ("kt", 4), ("cp", 6), ("kt", 5), ("cp", 8), ("kt", 6), ("cp", 3), ("kt", 1),
+# How long the browser waits for a view before the run fails.
+WAIT_MS = int(os.environ.get("KCP_BENCH_WAIT_MS", "120000"))
+# One step at a time, as a user drags: every position is new to the caches. All within the app's budget: R=6 K=8
+# (in the first release's list) is estimated at about 15 s and now asks for a confirmation, so K goes to 7.
+MOVES = [("kt", 3), ("cp", 5), ("kt", 4), ("cp", 6), ("kt", 5), ("cp", 7), ("kt", 6), ("cp", 3), ("kt", 1),
          ("cp", 2)]
 
 
@@ -56,7 +59,7 @@ def _seen_after(page, text: str, start_ms: float) -> float:
 
     Checked in the page on every animation frame, so the figure is not rounded up by Playwright's own polling.
     """
-    hit = page.wait_for_function(CAPTION_HAS, arg=[text], polling="raf", timeout=120_000)
+    hit = page.wait_for_function(CAPTION_HAS, arg=[text], polling="raf", timeout=WAIT_MS)
     return (hit.json_value() - start_ms) / 1000
 
 
@@ -92,7 +95,7 @@ def browser(cache_dir: str) -> dict:
                 "() => document.querySelectorAll('[data-testid=\"stMetricValue\"]').length >= 6 && performance.now()",
                 polling="raf", timeout=120_000).json_value() / 1000
             done = _seen_after(page, "View updated for R=2 K=4 in", 0.0)
-            page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=120_000)
+            page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=WAIT_MS)
             moves = {"kernel": browser_moves(page, MOVES)}
             # Fitted to the outputs: the same moves back to the opening point, every point new to this fit.
             page.get_by_text("outputs on real images").click()
