@@ -98,7 +98,7 @@ def browser(cache_dir: str) -> dict:
             page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=WAIT_MS)
             moves = {"kernel": browser_moves(page, MOVES)}
             # Fitted to the outputs: the same moves back to the opening point, every point new to this fit.
-            page.get_by_text("outputs on real images").click()
+            page.get_by_test_id("stSidebarUserContent").get_by_text("outputs on real images", exact=True).click()
             _seen_after(page, "View updated for R=2 K=4 in", page.evaluate("() => performance.now()"))
             page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=300_000)
             moves["outputs"] = browser_moves(page, MOVES)
