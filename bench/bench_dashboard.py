@@ -97,9 +97,10 @@ def browser(cache_dir: str) -> dict:
             done = _seen_after(page, "View updated for R=2 K=4 in", 0.0)
             page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=WAIT_MS)
             moves = {"kernel": browser_moves(page, MOVES)}
-            # Fitted to the outputs: the same moves back to the opening point, every point new to this fit.
+            # Fitted to the outputs: the same moves again from where they ended, every point new to this fit.
+            r, k = (int(page.get_by_role("slider", name=n).input_value()) for n in ("KT rank R", "CP rank K"))
             page.get_by_test_id("stSidebarUserContent").get_by_text("outputs on real images", exact=True).click()
-            _seen_after(page, "View updated for R=2 K=4 in", page.evaluate("() => performance.now()"))
+            _seen_after(page, f"View updated for R={r} K={k} in", page.evaluate("() => performance.now()"))
             page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=300_000)
             moves["outputs"] = browser_moves(page, MOVES)
             chromium.close()
