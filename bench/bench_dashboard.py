@@ -5,7 +5,8 @@
 * Browser: ``streamlit run`` in a fresh process (cold imports, cold caches), headless Chromium opens the page: the
   first paint is the time from navigation until the cards and the whole explore view are drawn; then
   the slider moves below made with the keyboard, each timed from the key press until the live panel's last line
-  names the new point (the whole view redrawn).
+  names the new point (the whole view redrawn; the other fit's row of the side-by-side table follows after it),
+  fitted to the kernel, then the same moves fitted to the outputs.
 * Live update: the app in ``streamlit.testing.v1.AppTest`` (the server side of a rerun, no browser); the KT and CP
   sliders move through 10 positions never computed before (each a new decomposition, evaluation and latency
   measurement); the median of the rerun times. Layers: the offline digits CNN's ``conv4`` (64x64x3x3 at 8x8) and
@@ -33,8 +34,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboard" / "app.py"
 CHROMIUM = Path(os.environ.get("KCP_CHROMIUM", "/usr/bin/chromium"))
-# One step at a time, as a user drags: every position is new to the caches.
-MOVES = [("kt", 3), ("cp", 5), ("kt", 4), ("cp", 6), ("kt", 5), ("cp", 8), ("kt", 6), ("cp", 3), ("kt", 1),
+# How long the browser waits for a view before the run fails.
+WAIT_MS = int(os.environ.get("KCP_BENCH_WAIT_MS", "120000"))
+# One step at a time, as a user drags: every position is new to the caches. All within the app's budget: R=6 K=8
+# (in the first release's list) is estimated at about 15 s and now asks for a confirmation, so K goes to 7.
+MOVES = [("kt", 3), ("cp", 5), ("kt", 4), ("cp", 6), ("kt", 5), ("cp", 7), ("kt", 6), ("cp", 3), ("kt", 1),
          ("cp", 2)]
 
 
@@ -55,7 +59,7 @@ def _seen_after(page, text: str, start_ms: float) -> float:
 
     Checked in the page on every animation frame, so the figure is not rounded up by Playwright's own polling.
     """
-    hit = page.wait_for_function(CAPTION_HAS, arg=[text], polling="raf", timeout=120_000)
+    hit = page.wait_for_function(CAPTION_HAS, arg=[text], polling="raf", timeout=WAIT_MS)
     return (hit.json_value() - start_ms) / 1000
 
 
@@ -91,28 +95,45 @@ def browser(cache_dir: str) -> dict:
                 "() => document.querySelectorAll('[data-testid=\"stMetricValue\"]').length >= 6 && performance.now()",
                 polling="raf", timeout=120_000).json_value() / 1000
             done = _seen_after(page, "View updated for R=2 K=4 in", 0.0)
-            page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=120_000)
-            moves = []
-            for which, value in MOVES:
-                slider = page.get_by_role("slider", name="KT rank R" if which == "kt" else "CP rank K")
-                current = int(slider.input_value())
-                other = int(page.get_by_role("slider", name="CP rank K" if which == "kt" else "KT rank R")
-                            .input_value())
-                r, k = (value, other) if which == "kt" else (other, value)
-                slider.focus()
-                start = page.evaluate("() => performance.now()")
-                for _ in range(abs(value - current)):
-                    page.keyboard.press("ArrowRight" if value > current else "ArrowLeft")
-                # The live panel's last line names the point it was drawn for: then the whole view is updated.
-                moves.append(round(_seen_after(page, f"View updated for R={r} K={k} in", start), 3))
+            page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=WAIT_MS)
+            moves = {"kernel": browser_moves(page, MOVES)}
+            # Fitted to the outputs: the same moves again from where they ended, every point new to this fit.
+            r, k = (int(page.get_by_role("slider", name=n).input_value()) for n in ("KT rank R", "CP rank K"))
+            page.get_by_test_id("stSidebarUserContent").get_by_text("outputs on real images", exact=True).click()
+            _seen_after(page, f"View updated for R={r} K={k} in", page.evaluate("() => performance.now()"))
+            page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=300_000)
+            moves["outputs"] = browser_moves(page, MOVES)
             chromium.close()
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # a script thread still waiting on a worker
+            proc.kill()
+            proc.wait()
     return {"server_start_s": round(healthy, 2), "cards_drawn_s": round(cards, 2), "view_drawn_s": round(done, 2),
             "clock": "from navigation start (first paint) and from the key press (moves), timed in the page",
-            "layer": "digits-cnn conv4", "moves": [f"{w}={v}" for w, v in MOVES], "move_s": moves,
-            "median_move_s": round(statistics.median(moves), 3)}
+            "layer": "digits-cnn conv4", "moves": [f"{w}={v}" for w, v in MOVES],
+            "move_s": moves["kernel"], "median_move_s": round(statistics.median(moves["kernel"]), 3),
+            "move_s_fit_outputs": moves["outputs"],
+            "median_move_s_fit_outputs": round(statistics.median(moves["outputs"]), 3)}
+
+
+def browser_moves(page, moves: list[tuple[str, int]]) -> list[float]:
+    """Each slider move made with the keyboard, timed from the key press until the view names the new point."""
+    seconds = []
+    for which, value in moves:
+        slider = page.get_by_role("slider", name="KT rank R" if which == "kt" else "CP rank K")
+        current = int(slider.input_value())
+        other = int(page.get_by_role("slider", name="CP rank K" if which == "kt" else "KT rank R").input_value())
+        r, k = (value, other) if which == "kt" else (other, value)
+        slider.focus()
+        start = page.evaluate("() => performance.now()")
+        for _ in range(abs(value - current)):
+            page.keyboard.press("ArrowRight" if value > current else "ArrowLeft")
+        # The live panel's last line names the point it was drawn for: then the whole view is updated.
+        seconds.append(round(_seen_after(page, f"View updated for R={r} K={k} in", start), 3))
+    return seconds
 
 
 def live(model: str | None, layer: str | None) -> dict:
@@ -194,8 +215,9 @@ def main() -> int:
         b = report["browser"]
         print(f"browser, first paint: server healthy {b['server_start_s']} s after start; cards drawn "
               f"{b['cards_drawn_s']} s and the whole view {b['view_drawn_s']} s after opening the page")
-        print(f"browser, digits conv4: median {b['median_move_s']:.3f} s from key press to the updated view; per move "
-              + " ".join(f"{x:.2f}" for x in b["move_s"]))
+        for fit, suffix in (("kernel", ""), ("outputs", "_fit_outputs")):
+            print(f"browser, digits conv4 fitted to the {fit}: median {b['median_move_s' + suffix]:.3f} s from key "
+                  f"press to the updated view; per move " + " ".join(f"{x:.2f}" for x in b["move_s" + suffix]))
     print(f"{'layer':<55} {'median rerun':>13} {'median page':>12}  per move (s)")
     for name, r in report["live"].items():
         print(f"{name:<55} {r['median_rerun_s']:>12.3f}s {r['median_page_s']:>11.3f}s  "

@@ -62,6 +62,12 @@ def metrics(spec: TargetSpec, method: str, ranks: dict[str, int], options: dict[
                     fidelity=fidelity)
 
 
+def point(spec: TargetSpec, method: str, ranks: dict[str, int], options: dict[str, Any], fidelity: bool = True,
+          fit: str = DEFAULT_FIT) -> tuple[Decomposition, dict[str, Any]]:
+    """The decomposition and its :func:`metrics` row in one job (one round trip, one process's caches)."""
+    return decomposition(spec, method, ranks, options, fit), metrics(spec, method, ranks, options, fidelity, fit)
+
+
 def latency(spec: TargetSpec, method: str, ranks: dict[str, int], options: dict[str, Any],
             settings: LatencySettings, fit: str = DEFAULT_FIT) -> PairedTiming:
     """The dense layer and the factorised one timed in one paired measurement."""

@@ -8,6 +8,11 @@ slot's older job: a queued one is dropped, a running one is stopped by killing i
 at once. A worker that dies (the kernel's OOM killer, a crash) fails its job with the reason and is replaced;
 the caller's process is never at risk. ``alive(owner)`` is polled so that jobs of owners that went away
 (a closed browser tab) are stopped too.
+
+A worker takes jobs only once it is ready: it has imported ``preload`` and run the calls registered with
+:meth:`WorkerPool.warm` (e.g. building a layer's target), so a job never waits behind a fresh interpreter's imports
+while a warm worker is free. With ``context="forkserver"`` the ``preload`` modules are imported once, in the fork
+server, and a replacement worker starts in milliseconds instead of importing torch again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -27,6 +33,10 @@ from typing import Any
 STATES = ("queued", "running", "done", "failed", "cancelled")
 POLL_SECONDS = 0.02
 ALIVE_EVERY_SECONDS = 1.0
+# How many warm-up calls a new worker runs (the most recently registered ones).
+WARM_CALLS = 4
+# Niceness of a background job's thread (0 is the default, 19 the lowest priority).
+BACKGROUND_NICE = 10
 
 
 class QueueFull(ValueError):
@@ -53,6 +63,7 @@ class Job:
     args: tuple
     kwargs: dict
     wants_progress: bool = False
+    background: bool = False
     state: str = "queued"
     result: Any = None
     error: BaseException | None = None
@@ -80,12 +91,51 @@ class Job:
         return self.result
 
 
-def _worker_main(conn, threads: int) -> None:
-    """A worker's loop: receive a job, run it, send back its result or its exception (picklable or not)."""
+def _warm_up(calls: list[tuple[Callable[..., Any], tuple]]) -> None:
+    for fn, args in calls:
+        try:
+            fn(*args)
+        except Exception:  # noqa: S112 - a warm-up only saves time; the job that needs it reports the error itself
+            continue
+
+
+def _call(job_id: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple:
+    try:
+        return ("done", job_id, fn(*args, **kwargs))
+    except BaseException as exc:  # everything goes back to the caller, who decides
+        return ("error", job_id, exc)
+
+
+def _in_background(job_id: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple:
+    """:func:`_call` in a thread of its own at a lower CPU priority (Linux: niceness is per thread, and a thread
+    that ends takes it along; with one torch thread the job's work runs in that thread), so that it yields the
+    cores to foreground jobs in the other workers."""
+    reply: list[tuple] = []
+
+    def run() -> None:
+        if sys.platform.startswith("linux"):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        reply.append(_call(job_id, fn, args, kwargs))
+
+    thread = threading.Thread(target=run, name="kcp-background-job")
+    thread.start()
+    thread.join()
+    return reply[0]
+
+
+def _worker_main(conn, threads: int, preload: tuple[str, ...], calls: list) -> None:
+    """A worker's loop: import ``preload``, run the warm-up ``calls``, say it is ready; then receive a job, run it,
+    send back its result or its exception (picklable or not). A message with no job id is a warm-up call."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the parent's terminal is the parent's to handle
+    import importlib
+
     import torch
 
     torch.set_num_threads(threads)
+    for name in preload:
+        importlib.import_module(name)
+    _warm_up(calls)
+    conn.send(("ready", None, None))
     while True:
         try:
             message = conn.recv()
@@ -93,13 +143,13 @@ def _worker_main(conn, threads: int) -> None:
             return
         if message is None:
             return
-        job_id, fn, args, kwargs, wants_progress = message
+        job_id, fn, args, kwargs, wants_progress, background = message
+        if job_id is None:
+            _warm_up([(fn, args)])
+            continue
         if wants_progress:
             kwargs = {**kwargs, "progress": lambda payload, _id=job_id: conn.send(("progress", _id, payload))}
-        try:
-            reply = ("done", job_id, fn(*args, **kwargs))
-        except BaseException as exc:  # everything goes back to the caller, who decides
-            reply = ("error", job_id, exc)
+        reply = _call(job_id, fn, args, kwargs) if not background else _in_background(job_id, fn, args, kwargs)
         try:
             conn.send(reply)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -107,13 +157,14 @@ def _worker_main(conn, threads: int) -> None:
 
 
 class _Worker:
-    def __init__(self, context, threads: int) -> None:
+    def __init__(self, context, threads: int, preload: tuple[str, ...], calls: list) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, threads), daemon=True,
+        self.process = context.Process(target=_worker_main, args=(child, threads, preload, calls), daemon=True,
                                        name="kcp-worker")
         self.process.start()
         child.close()
         self.job: Job | None = None
+        self.ready = False
 
     def kill(self) -> None:
         self.process.kill()
@@ -122,29 +173,37 @@ class _Worker:
 
 
 class WorkerPool:
-    """``workers`` processes with ``threads`` torch threads each, at most ``max_queued`` jobs waiting."""
+    """``workers`` processes with ``threads`` torch threads each, at most ``max_queued`` jobs waiting; each worker
+    imports the ``preload`` modules before it takes a job (in the fork server, once, with ``context="forkserver"``)."""
 
     def __init__(self, workers: int = 2, *, threads: int = 1, max_queued: int = 32,
-                 alive: Callable[[str], bool] | None = None, context: str = "spawn") -> None:
+                 alive: Callable[[str], bool] | None = None, context: str = "spawn",
+                 preload: tuple[str, ...] = ()) -> None:
         if workers < 1 or threads < 1 or max_queued < 1:
             raise ValueError(f"workers, threads and max_queued must be >= 1, got {workers}, {threads}, {max_queued}")
-        self.threads, self.max_queued, self.alive = threads, max_queued, alive
+        self.threads, self.max_queued, self.alive, self.preload = threads, max_queued, alive, tuple(preload)
         self._context = mp.get_context(context)
+        if context == "forkserver":
+            self._context.set_forkserver_preload(["torch", *self.preload])
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
         self._queue: list[Job] = []
-        self._workers = [_Worker(self._context, threads) for _ in range(workers)]
+        self._warm: list[tuple[Callable[..., Any], tuple]] = []
+        # Started by the pool's thread: with a fork server still importing, starting a worker waits for it.
+        self._workers: list[_Worker] = []
         self._closed = False
         self._last_alive_check = 0.0
-        self._thread = threading.Thread(target=self._loop, name="kcp-worker-pool", daemon=True)
+        self._thread = threading.Thread(target=self._loop, args=(workers,), name="kcp-worker-pool", daemon=True)
         self._thread.start()
 
     # -- the caller's side -------------------------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], *args, owner: str = "", slot: str | None = None,
-               key: Hashable = None, progress: bool = False, **kwargs) -> Job:
+               key: Hashable = None, progress: bool = False, background: bool = False, **kwargs) -> Job:
         """Queue ``fn(*args, **kwargs)``. In a ``slot``, a job with the same ``key`` still in flight is returned
         instead of a new one, and any other job of that owner's slot is cancelled. With ``progress`` the
-        function gets a ``progress(payload)`` keyword whose latest payload shows in ``job.progress``."""
+        function gets a ``progress(payload)`` keyword whose latest payload shows in ``job.progress``. A
+        ``background`` job (nobody waits on it to see a page) starts only while another worker stays free, so it
+        never delays a foreground job (in a pool of one worker: only while no foreground job waits)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the worker pool is closed")
@@ -156,9 +215,25 @@ class WorkerPool:
             if len(self._queue) >= self.max_queued:
                 raise QueueFull(f"the server is busy: {len(self._queue)} requests are waiting already. Try again "
                                 f"in a moment.")
-            job = Job(next(self._ids), owner, slot, key, fn, args, kwargs, progress)
+            job = Job(next(self._ids), owner, slot, key, fn, args, kwargs, progress, background)
             self._queue.append(job)
             return job
+
+    def warm(self, fn: Callable[..., Any], *args) -> None:
+        """Have every worker call ``fn(*args)`` before its next job, and every new worker (a replacement for a killed
+        one) before it takes any: for work that jobs reuse, such as building a layer's target. The last
+        ``WARM_CALLS`` calls are kept; registering one again does nothing. Failures are ignored (the job that needs
+        the work reports them)."""
+        call = (fn, args)
+        with self._lock:
+            if call in self._warm:
+                return
+            self._warm = [*self._warm, call][-WARM_CALLS:]
+            for worker in self._workers:
+                try:
+                    worker.conn.send((None, fn, args, {}, False, False))
+                except (OSError, pickle.PicklingError, TypeError, AttributeError):
+                    continue  # a dying worker is replaced by _reap, and the replacement gets the call
 
     def cancel(self, job: Job, reason: str = "stopped") -> None:
         """Stop ``job``: drop it from the queue, or kill its worker (replaced at once) if it is running."""
@@ -189,11 +264,15 @@ class WorkerPool:
             self._closed = True
             for job in self._all_jobs():
                 self._cancel(job, "the pool closed", replace=False)
+        self._thread.join(timeout=60)
+        with self._lock:
             for worker in self._workers:
                 worker.kill()
-        self._thread.join(timeout=5)
 
     # -- inside, under the lock -------------------------------------------------------------------------------
+    def _new_worker(self) -> _Worker:
+        return _Worker(self._context, self.threads, self.preload, list(self._warm))
+
     def _all_jobs(self) -> list[Job]:
         return [*self._queue, *(w.job for w in self._workers if w.job is not None)]
 
@@ -213,31 +292,37 @@ class WorkerPool:
             if worker.job is job:
                 worker.kill()
                 if replace:
-                    self._workers[i] = _Worker(self._context, self.threads)
+                    self._workers[i] = self._new_worker()
                 else:
                     worker.job = None
         self._finish(job, "cancelled", error=JobCancelled(reason))
 
-    def _next_job(self) -> Job | None:
-        """The oldest queued job of the owner with the fewest jobs running (a fair share of the workers)."""
-        if not self._queue:
+    def _next_job(self, idle: int) -> Job | None:
+        """The oldest queued job of the owner with the fewest jobs running (a fair share of the workers); foreground
+        jobs first, and a background one only while another of the ``idle`` workers stays free."""
+        foreground_waits = any(not j.background for j in self._queue)
+        spare = idle > 1 or (len(self._workers) == 1 and not foreground_waits)
+        candidates = [j for j in self._queue if spare or not j.background]
+        if not candidates:
             return None
         running: dict[str, int] = {}
         for w in self._workers:
             if w.job is not None:
                 running[w.job.owner] = running.get(w.job.owner, 0) + 1
-        return min(self._queue, key=lambda j: (running.get(j.owner, 0), j.submitted, j.id))
+        return min(candidates, key=lambda j: (j.background, running.get(j.owner, 0), j.submitted, j.id))
 
     def _dispatch(self) -> None:
+        idle = sum(w.job is None and w.ready for w in self._workers)
         for worker in self._workers:
-            if worker.job is not None:
+            if worker.job is not None or not worker.ready:
                 continue
-            job = self._next_job()
+            job = self._next_job(idle)
             if job is None:
                 return
+            idle -= 1
             self._queue.remove(job)
             try:
-                worker.conn.send((job.id, job.fn, job.args, job.kwargs, job.wants_progress))
+                worker.conn.send((job.id, job.fn, job.args, job.kwargs, job.wants_progress, job.background))
             except (pickle.PicklingError, TypeError, AttributeError) as exc:
                 self._finish(job, "failed", error=TypeError(f"the job cannot be sent to a worker: {exc}"))
                 continue
@@ -261,6 +346,9 @@ class WorkerPool:
             return False
         except Exception as exc:  # an answer that cannot be unpickled here
             kind, job_id, payload = "error", worker.job.id if worker.job else -1, RuntimeError(str(exc))
+        if kind == "ready":
+            worker.ready = True
+            return True
         job = worker.job
         if job is None or job.id != job_id:
             return True
@@ -278,15 +366,28 @@ class WorkerPool:
         for i, worker in enumerate(self._workers):
             if worker.process.is_alive():
                 continue
+            while worker.job is not None and not worker.conn.closed and worker.conn.poll() and self._receive(worker):
+                pass  # an answer sent just before the process ended still counts
             code = worker.process.exitcode
             job = worker.job
             worker.kill()
-            self._workers[i] = _Worker(self._context, self.threads)
+            self._workers[i] = self._new_worker()
             if job is not None:
                 why = "killed (probably out of memory)" if code == -signal.SIGKILL else f"exit code {code}"
                 self._finish(job, "failed", error=WorkerDied(f"the worker process running this ended: {why}"))
 
-    def _loop(self) -> None:
+    def _start(self, workers: int) -> None:
+        started = [_Worker(self._context, self.threads, self.preload, []) for _ in range(workers)]
+        with self._lock:
+            self._workers = started
+            if self._closed:
+                return
+            for worker in started:  # the warm-up calls registered while they started
+                for fn, args in self._warm:
+                    worker.conn.send((None, fn, args, {}, False, False))
+
+    def _loop(self, workers: int) -> None:
+        self._start(workers)
         while True:
             with self._lock:
                 if self._closed:
@@ -294,7 +395,7 @@ class WorkerPool:
                 self._check_owners()
                 self._reap()
                 self._dispatch()
-                busy = {w.conn: w for w in self._workers if w.job is not None}
+                busy = {w.conn: w for w in self._workers if w.job is not None or not w.ready}
             ready = wait_for(list(busy), timeout=POLL_SECONDS) if busy else time.sleep(POLL_SECONDS)
             with self._lock:
                 for conn in ready or ():

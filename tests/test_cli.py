@@ -45,7 +45,8 @@ def test_decompose_prints_the_library_figures_and_saves(tmp_path, capsys):
 def test_sweep_writes_csv_with_the_columns(tmp_path, capsys):
     out = tmp_path / "grid.csv"
     args = ["sweep", "--model", "digits-cnn", "--layer", "conv3", "--kt", "1,2", "--cp", "1,2",
-            "--methods", "kcp,cp", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+            "--methods", "kcp,cp", "--images", "32", "--workers", "1",  # one worker process to start, not one a core
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "6/6" in err and "6 rows in" in err  # the progress bar reached the end: dense, 4 KCP points, 1 CP

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 import time
 
 import pytest
 
-from kcp.workers import JobCancelled, QueueFull, WorkerDied, WorkerPool
+from kcp.workers import BACKGROUND_NICE, JobCancelled, QueueFull, WorkerDied, WorkerPool
 
 
 def _running(job, timeout=60.0):
@@ -28,17 +30,39 @@ def _gone(pid: int) -> bool:
         return f.read().split()[2] == "Z"
 
 
-# Every kill respawns a worker (a fresh interpreter importing torch): seconds each on a busy machine.
-pytestmark = pytest.mark.slow
+_WARMED: list = []
+
+
+def _remember(value) -> None:
+    _WARMED.append(value)
+
+
+def _warmed() -> list:
+    return list(_WARMED)
+
+
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
 @pytest.fixture(scope="module")
 def pool():
+    """Workers forked from a server that imported torch once (a kill's replacement starts in milliseconds)."""
     owners = {"gone": False}
-    p = WorkerPool(2, threads=1, max_queued=4, alive=lambda owner: owners.get(owner, True))
+    p = WorkerPool(2, threads=1, max_queued=4, alive=lambda owner: owners.get(owner, True), context="forkserver",
+                   preload=("torch",))
     p.owners = owners
     yield p
     p.close()
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: seconds on a busy machine
+def test_spawned_workers_run_jobs() -> None:
+    spawned = WorkerPool(1, threads=1)
+    try:
+        assert spawned.submit(math.factorial, 6).outcome() == 720
+    finally:
+        spawned.close()
 
 
 def test_results_and_errors_come_back(pool):
@@ -82,15 +106,49 @@ def test_jobs_of_an_owner_that_went_away_are_stopped(pool):
 
 def test_the_queue_is_bounded_and_owners_share_the_workers(pool):
     hogs = [pool.submit(time.sleep, 60, owner="hog") for _ in range(2)]
-    assert _running(hogs[0])
+    assert all(_running(h) for h in hogs)
     waiting = [pool.submit(time.sleep, 60, owner="hog") for _ in range(1)]
     other = pool.submit(math.factorial, 4, owner="polite")
     # Both workers are busy; the polite owner's job is next in line even though the hog queued first.
     pool.cancel(hogs[1])
     assert other.outcome() == 24
     assert waiting[0].started is None or other.started <= waiting[0].started
-    more = [pool.submit(time.sleep, 60, owner="hog") for _ in range(3)]
+    more = []
     with pytest.raises(QueueFull, match="busy"):
-        pool.submit(time.sleep, 60, owner="hog")
-    assert pool.cancel_owner("hog") == 1 + 1 + len(more)
+        for _ in range(pool.max_queued + 2):  # a worker may take one of them first
+            more.append(pool.submit(time.sleep, 60, owner="hog"))
+    assert sum(j.state == "queued" for j in pool.jobs()) == pool.max_queued
+    in_flight = [j for j in [*hogs, *waiting, *more] if not j.finished]
+    assert pool.cancel_owner("hog") == len(in_flight)
     assert all(j.state == "cancelled" for j in [*hogs, *waiting, *more])
+
+
+def test_workers_warm_up_before_their_first_job_replacements_too(pool):
+    pool.warm(_remember, "layer")
+    pool.warm(_remember, "layer")  # registered once
+    assert pool.submit(_warmed).outcome() == ["layer"]
+    slow, busy = (pool.submit(time.sleep, 60, owner=o) for o in ("a", "b"))
+    assert _running(slow) and _running(busy)
+    pool.cancel(slow)  # its worker is replaced; the other is busy, so the next job can only go to the replacement
+    job = pool.submit(_warmed)
+    assert job.outcome() == ["layer"] and job.pid not in (slow.pid, busy.pid)
+    pool.cancel(busy)
+
+
+def test_a_background_job_leaves_a_worker_free_for_the_foreground(pool):
+    busy = pool.submit(time.sleep, 60, owner="a")
+    assert _running(busy)
+    later = pool.submit(math.factorial, 7, owner="b", background=True)
+    time.sleep(0.5)
+    assert later.state == "queued"  # one worker is free, and it stays free for a foreground job
+    assert pool.submit(math.factorial, 5, owner="c").outcome() == 120
+    assert later.state == "queued"
+    pool.cancel(busy)
+    assert later.outcome() == 5040
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_a_background_job_runs_at_a_lower_priority_and_leaves_the_worker_as_it_was(pool):
+    base = pool.submit(_niceness).outcome()
+    assert pool.submit(_niceness, background=True).outcome() == base + BACKGROUND_NICE
+    assert pool.submit(_niceness).outcome() == base

@@ -133,6 +133,8 @@ def target(loaded: zoo.LoadedModel, layer: str, n_images: int | None,
            n_calibration: int | None = None) -> tuple[TargetKey, LayerTarget]:
     """The layer with its real activations, network fidelity check and calibration (shared by every session)."""
     key = TargetKey(loaded.name, loaded.weights_id, layer, n_images, n_calibration)
+    # The workers build the same layer meanwhile (and every new worker does before its first job).
+    workers.pool().warm(jobs.target, spec(key))
     return key, _target(key, loaded)
 
 
@@ -151,10 +153,17 @@ def decomposition(key: TargetKey, point: Point, _target: LayerTarget) -> Decompo
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def metrics(key: TargetKey, point: Point, fidelity: bool, _target: LayerTarget) -> dict:
-    """``kcp.evaluate.evaluate``'s row for ``point``: costs, kernel and output error, network fidelity."""
-    return workers.run(jobs.metrics, spec(key), point.method, dict(point.ranks), point.options(), fidelity,
-                       point.fit, slot="metrics", key=(key, point, fidelity))
+def evaluated(key: TargetKey, point: Point, fidelity: bool, _target: LayerTarget,
+              _slot: str = "metrics") -> tuple[Decomposition, dict]:
+    """The decomposition at ``point`` and ``kcp.evaluate.evaluate``'s row for it (costs, kernel and output error,
+    network fidelity), from one job in this session's ``_slot`` (not part of the cache key)."""
+    return workers.run(jobs.point, spec(key), point.method, dict(point.ranks), point.options(), fidelity,
+                       point.fit, slot=_slot, key=(key, point, fidelity))
+
+
+def metrics(key: TargetKey, point: Point, fidelity: bool, _target: LayerTarget, slot: str = "metrics") -> dict:
+    """``kcp.evaluate.evaluate``'s row for ``point`` (cached with its decomposition by :func:`evaluated`)."""
+    return evaluated(key, point, fidelity, _target, slot)[1]
 
 
 def latency(key: TargetKey, point: Point, settings: LatencySettings, _target: LayerTarget) -> PairedTiming:

@@ -14,7 +14,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from dashboard.components import cards, diagram, figures, fmt, guards, resources, sidebar
+from dashboard.components import cards, diagram, figures, fmt, guards, resources, sidebar, workers
 from dashboard.components.layer import header, layer_target
 from kcp import estimate as est
 from kcp.budget import largest_within
@@ -114,28 +114,49 @@ def comparison(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTa
                f"parameters: the table shows the trade-off as it is.")
 
 
-def fit_contrast(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget, point: resources.Point,
-                 row: dict) -> None:
-    """The current point fitted both ways, side by side: what each fit does to kernel and output error."""
+def other_fits(sel: sidebar.Selection, point: resources.Point) -> list[resources.Point]:
+    """``point`` fitted every other way (for the side-by-side table)."""
+    return [sel.point(point.method, dict(point.ranks), fit) for fit in FITS if fit != point.fit]
+
+
+def fit_contrast(place, sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget,
+                 point: resources.Point, row: dict, light: bool) -> None:
+    """The current point fitted both ways, side by side: what each fit does to kernel and output error. Drawn into
+    ``place`` with the shown fit's row at once; the other fit's row follows from its own job (slot "contrast"),
+    after the rest of the view is drawn, and a slider move stops it. Only for a ``light`` point (within the app's
+    budget without a confirmation): a confirmed heavy point is not fitted a second time unasked."""
     if target.calibration is None:
         return
-    rows = []
-    for fit in FITS:
-        other = row if fit == point.fit else guards.attempt(
-            f"Fitting to {sidebar.FIT_LABELS[fit]}", resources.metrics, key,
-            sel.point(point.method, dict(point.ranks), fit), sel.live_fidelity, target, warn=True)
-        if other is not None:
-            rows.append({"fitted to": sidebar.FIT_LABELS[fit] + (" (shown above)" if fit == point.fit else ""),
-                         "kernel error": other["rel_error"], "output error": other["output_rel_error"],
-                         "top-1 agreement": other["top1_agreement"]})
-    st.markdown("**Fitted to the kernel or to the outputs**, same ranks and parameters:")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="fit_contrast", column_config={
-        "kernel error": st.column_config.NumberColumn(format="%.4f"),
-        "output error": st.column_config.NumberColumn(format="%.4f"),
-        "top-1 agreement": st.column_config.NumberColumn(format="percent"),
-    })
-    st.caption(f"Output error and top-1 on {target.images}; the output fit learns from "
-               f"{target.calibration_images}. A lower kernel error does not mean a better layer.")
+    rows = {point.fit: row}
+    with place:
+        st.markdown("**Fitted to the kernel or to the outputs**, same ranks and parameters:")
+        table, note = st.empty(), st.empty()
+
+    def show() -> None:
+        table.dataframe(pd.DataFrame([{
+            "fitted to": sidebar.FIT_LABELS[fit] + (" (shown above)" if fit == point.fit else ""),
+            "kernel error": rows[fit]["rel_error"], "output error": rows[fit]["output_rel_error"],
+            "top-1 agreement": rows[fit]["top1_agreement"]} for fit in FITS if fit in rows]),
+            hide_index=True, width="stretch", column_config={
+                "kernel error": st.column_config.NumberColumn(format="%.4f"),
+                "output error": st.column_config.NumberColumn(format="%.4f"),
+                "top-1 agreement": st.column_config.NumberColumn(format="percent"),
+            })
+
+    show()
+    if not light:
+        note.caption("The other fit is not computed for a point this heavy; switch *Fit to* in the sidebar to see it.")
+        return
+    for other in other_fits(sel, point):
+        note.caption(f"Fitting to {sidebar.FIT_LABELS[other.fit]} in a worker, once one is free…")
+        with place:
+            found = guards.attempt(f"Fitting to {sidebar.FIT_LABELS[other.fit]}", resources.metrics, key, other,
+                                   sel.live_fidelity, target, "contrast", warn=True)
+        if found is not None:
+            rows[other.fit] = found
+            show()
+    note.caption(f"Output error and top-1 on {target.images}; the output fit learns from "
+                 f"{target.calibration_images}. A lower kernel error does not mean a better layer.")
 
 
 @st.fragment
@@ -160,24 +181,27 @@ def live(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget) 
     if not allowed(fmt.ranks(dict(point.ranks)), prediction, ("point", key, point, sel.live_fidelity),
                    "Compute it anyway"):
         return
+    # The other fit of an earlier point is no longer wanted: its worker is freed for this point.
+    for other in other_fits(sel, point):
+        workers.cancel("contrast", keep=(key, other, sel.live_fidelity))
     # A message, not a spinner: if the run is stopped from the toolbar, this is what stays on the page.
     waiting = st.empty()
     waiting.info(f"Computing {fmt.ranks(dict(point.ranks))} in a worker process ({prediction.describe()}). Moving a "
                  f"slider or Stop in the toolbar cancels it; rerun the page to start it again.",
                  icon=":material/hourglass_top:")
-    result = guards.attempt("Decomposition", resources.decomposition, key, point, target)
-    row = None if result is None else guards.attempt("Metrics", resources.metrics, key, point,
-                                                     sel.live_fidelity, target)
+    found = guards.attempt("Decomposition", resources.evaluated, key, point, sel.live_fidelity, target,
+                           "decomposition")
     waiting.empty()
-    if result is None or row is None:
+    if found is None:
         return
+    result, row = found
     history = result.history if result.method == "kcp" else None
     stages = result.stages(target.in_hw, target.geometry, target.conv.bias is not None)
     pair, note = timings(sel, key, target, point)
     cards.show(row, history=history, timing=pair.factorised if pair else None,
                dense_timing=pair.dense if pair else None, images=target.images, latency_note=note, pair=pair)
     caption = st.empty()
-    fit_contrast(sel, key, target, point, row)
+    contrast = st.container()
     st.plotly_chart(diagram.structure(stages, f"The factorised layer: {len(stages)} layers at "
                                               f"{fmt.ranks(result.ranks)}", figures.METHOD_COLORS[result.method]),
                     key="structure", config=figures.plot_config("structure"))
@@ -202,6 +226,7 @@ def live(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget) 
         notes.append(f"Refinement skipped: {result.info['refine_skipped']}.")
     notes.append(f"{UPDATED} {fmt.ranks(result.ranks)} in {time.perf_counter() - started:.2f} s.")
     caption.caption(" ".join(n for n in notes if n))
+    fit_contrast(contrast, sel, key, target, point, row, est.decide(prediction, est.APP_LIMITS).action == "run")
 
 
 def _fitted(info: dict, target: LayerTarget) -> str:
