@@ -42,6 +42,7 @@ def test_decompose_prints_the_library_figures_and_saves(tmp_path, capsys):
     assert meta == {"model": "digits-cnn", "layer": "conv4"}
 
 
+@pytest.mark.slow  # its worker process starts and imports torch (about 8 s); the fast lane keeps the library sweep
 def test_sweep_writes_csv_with_the_columns(tmp_path, capsys):
     out = tmp_path / "grid.csv"
     args = ["sweep", "--model", "digits-cnn", "--layer", "conv3", "--kt", "1,2", "--cp", "1,2",
