@@ -106,16 +106,16 @@ def _call(job_id: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> tup
         return ("error", job_id, exc)
 
 
-def _in_background(job_id: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple:
-    """:func:`_call` in a thread of its own at a lower CPU priority (Linux: niceness is per thread, and a thread
-    that ends takes it along; with one torch thread the job's work runs in that thread), so that it yields the
-    cores to foreground jobs in the other workers."""
-    reply: list[tuple] = []
+def _at_low_priority(fn: Callable[..., Any], *args) -> Any:
+    """``fn(*args)`` in a thread of its own at a lower CPU priority (Linux: niceness is per thread, and a thread
+    that ends takes it along; with one torch thread the work runs in that thread), so that it yields the cores to
+    foreground jobs in the other workers."""
+    reply: list[Any] = []
 
     def run() -> None:
         if sys.platform.startswith("linux"):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-        reply.append(_call(job_id, fn, args, kwargs))
+        reply.append(fn(*args))
 
     thread = threading.Thread(target=run, name="kcp-background-job")
     thread.start()
@@ -134,7 +134,8 @@ def _worker_main(conn, threads: int, preload: tuple[str, ...], calls: list) -> N
     torch.set_num_threads(threads)
     for name in preload:
         importlib.import_module(name)
-    _warm_up(calls)
+    # A replacement (for a killed worker) warms up while a slider move's job runs in another worker: let that win.
+    _at_low_priority(_warm_up, calls)
     conn.send(("ready", None, None))
     while True:
         try:
@@ -149,7 +150,7 @@ def _worker_main(conn, threads: int, preload: tuple[str, ...], calls: list) -> N
             continue
         if wants_progress:
             kwargs = {**kwargs, "progress": lambda payload, _id=job_id: conn.send(("progress", _id, payload))}
-        reply = _call(job_id, fn, args, kwargs) if not background else _in_background(job_id, fn, args, kwargs)
+        reply = _call(job_id, fn, args, kwargs) if not background else _at_low_priority(_call, job_id, fn, args, kwargs)
         try:
             conn.send(reply)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
