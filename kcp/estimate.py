@@ -239,7 +239,8 @@ def estimate(
     joint = 8 * 8 * rk**2 if method != "kcp" or (refine_sweeps and rk <= JOINT_LIMIT) else 0
     peak = 16 * weights * (4 + ranks.get("kt_rank", 1)) + joint
     if images:
-        module = run_seconds(stages, images)
+        # kcp.evaluate pushes the images through KCP's reconstructed kernel (one conv, the dense layer's cost).
+        module = run_seconds(dense if method == "kcp" else stages, images)
         parts["evaluate"] = module + run_seconds(dense, images)
         if network_macs:
             parts["evaluate"] += module + images * network_macs / MAC_RATE

@@ -30,7 +30,7 @@ def test_costs_are_the_decomposition_s_own():
     big = estimate.estimate("kcp", SHAPE, {"kt_rank": 192, "cp_rank": 24}, (8, 8), geometry=GEO, factor_shape=FS,
                             images=450)
     assert big.larger_than_dense and big.costlier_than_dense and len(big.warnings()) == 2
-    assert big.seconds > 100 * e.seconds and big.peak_bytes <= 2 * estimate.CHUNK_BYTES
+    assert big.seconds > 4 * e.seconds and big.peak_bytes <= 2 * estimate.CHUNK_BYTES
 
 
 def test_ranks_past_the_layer_s_largest_are_refused():
