@@ -8,8 +8,8 @@ import torch
 from kcp import methods
 from kcp.decomposition.als import cp_batch
 from kcp.decomposition.moments import PatchMoments
-from kcp.decomposition.numerics import cp_als, relative_error, rng_for
-from kcp.decomposition.outputs import check_fit, finish
+from kcp.decomposition.numerics import cp_als, rng_for
+from kcp.decomposition.outputs import check_fit, finish_direct
 from kcp.decomposition.result import Decomposition
 from kcp.decomposition.stopping import convergence
 from kcp.decomposition.validate import check_kernel, check_positive, check_rank, check_tol
@@ -59,10 +59,7 @@ def cp(
         info = {"iterations": len(errors) - 1, **convergence(errors, tol)}
     result = Decomposition(method="cp", kernel_shape=tuple(w.shape), ranks={"rank": rank},
                            factors=dict(zip(KEYS, factors)), info=info)
-    result.rel_error = relative_error(result.reconstruct(), w)
-    result.history = [result.rel_error]
-    result = finish(result, w, moments)
-    return result.to(weight.device, weight.dtype)
+    return finish_direct(result, w, moments, weight)
 
 
 @methods.implements("cp", "reconstruct")

@@ -8,8 +8,7 @@ import torch
 
 from kcp import methods
 from kcp.decomposition.moments import PatchMoments
-from kcp.decomposition.numerics import relative_error
-from kcp.decomposition.outputs import check_fit, finish
+from kcp.decomposition.outputs import check_fit, finish_direct
 from kcp.decomposition.result import Decomposition
 from kcp.decomposition.validate import check_kernel, check_rank
 from kcp.kron import FactorShape, make_factor_shape, max_kt_rank, rearrange, unrearrange
@@ -92,10 +91,7 @@ def kt(
         factors={"a": a.reshape(kt_rank, *shape.a_shape), "b": b.reshape(kt_rank, *shape.b_shape)},
         factor_shape=shape,
     )
-    result.rel_error = relative_error(result.reconstruct(), w)
-    result.history = [result.rel_error]
-    result = finish(result, w, moments)
-    return result.to(weight.device, weight.dtype)
+    return finish_direct(result, w, moments, weight)
 
 
 @methods.implements("kt", "reconstruct")

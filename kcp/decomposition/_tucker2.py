@@ -6,9 +6,8 @@ import torch
 
 from kcp import methods
 from kcp.decomposition.moments import PatchMoments
-from kcp.decomposition.numerics import relative_error
 from kcp.decomposition.numerics import tucker2 as tucker2_hooi
-from kcp.decomposition.outputs import check_fit, finish
+from kcp.decomposition.outputs import check_fit, finish_direct
 from kcp.decomposition.result import Decomposition
 from kcp.decomposition.validate import check_kernel, check_positive, check_rank
 
@@ -47,10 +46,7 @@ def tucker2(
                            info={"iterations": len(errors), "converged": len(errors) < n_iter_max,
                                  "final_change": abs(errors[-2] - errors[-1]) / errors[-2] if len(errors) > 1
                                  and errors[-2] > 0 else 0.0})
-    result.rel_error = relative_error(result.reconstruct(), w)
-    result.history = [result.rel_error]
-    result = finish(result, w, moments)
-    return result.to(weight.device, weight.dtype)
+    return finish_direct(result, w, moments, weight)
 
 
 @methods.implements("tucker2", "reconstruct")

@@ -20,6 +20,7 @@ from dataclasses import replace
 import torch
 
 from kcp.decomposition.moments import PatchMoments
+from kcp.decomposition.numerics import relative_error
 from kcp.decomposition.result import Decomposition
 from kcp.decomposition.stopping import convergence, window_change
 
@@ -279,12 +280,17 @@ def finish(result: Decomposition, weight: torch.Tensor, calibration: PatchMoment
     return refined
 
 
+def finish_direct(result: Decomposition, weight: torch.Tensor, calibration: PatchMoments | None,
+                  like: torch.Tensor) -> Decomposition:
+    """A kernel fit computed in one go (KT, CP, Tucker-2): its kernel error recorded as its whole history, then
+    :func:`finish`, returned on ``like``'s device and dtype."""
+    result.rel_error = relative_kernel_error(result, weight)
+    result.history = [result.rel_error]
+    return finish(result, weight, calibration).to(like.device, like.dtype)
+
+
 def relative_kernel_error(result: Decomposition, weight: torch.Tensor) -> float:
-    ref = float(weight.norm())
-    diff = float((result.reconstruct() - weight).norm())
-    if ref == 0.0:
-        return 0.0 if diff == 0.0 else float("inf")
-    return diff / ref
+    return relative_error(result.reconstruct(), weight)
 
 
 def whitened_svd(weight: torch.Tensor, calibration: PatchMoments, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
