@@ -83,6 +83,7 @@ def test_moving_the_sliders_decomposes_again(app: AppTest, conv4: LayerTarget) -
     assert cards(app)["Parameters"] != before["Parameters"]
 
 
+@pytest.mark.slow  # a second layer's target and fits (~4 s); the slider flow stays in the fast lane
 def test_changing_layer_recomputes(app: AppTest, digits: zoo.LoadedModel) -> None:
     app.selectbox(key=layer_key(app)).set_value("conv2").run()
     no_errors(app)
@@ -172,6 +173,7 @@ def test_grid_computes_caches_and_matches_the_library(app: AppTest, conv4: Layer
     assert any(json.loads(c.proto.spec)["data"][0]["type"] == "heatmap" for c in app.get("plotly_chart"))
 
 
+@pytest.mark.slow  # a grid run (~3 s); the library's cancel-and-resume stays in the fast lane
 def test_grid_cancel_keeps_finished_points(app: AppTest) -> None:
     app.switch_page("views/grid.py").run()
     kt_box, cp_box = (m for m in app.multiselect if m.key.startswith(("_grid_kt::", "_grid_cp::")))
