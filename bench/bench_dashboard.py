@@ -19,6 +19,7 @@ Prints a table and writes the figures, with the machine and its load, as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,11 +65,10 @@ def _seen_after(page, text: str, start_ms: float) -> float:
     return (hit.json_value() - start_ms) / 1000
 
 
-def browser(cache_dir: str) -> dict:
-    """On a freshly started server: seconds from opening the page to the drawn cards, then the same 10 slider
-    moves as below made with the keyboard, each timed until the view shows the new point."""
-    from playwright.sync_api import sync_playwright
-
+@contextlib.contextmanager
+def streamlit_server(cache_dir: str) -> Iterator[tuple[subprocess.Popen, int, float]]:
+    """A fresh ``streamlit run`` of the app on a free port: ``(process, port, seconds until healthy)``; stopped on
+    exit (killed if a script thread still waits on a worker)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -86,31 +87,38 @@ def browser(cache_dir: str) -> dict:
                 if time.perf_counter() - started > 120:
                     raise TimeoutError("streamlit did not start within 120 s") from None
                 time.sleep(0.1)
-        healthy = time.perf_counter() - started
-        with sync_playwright() as p:
-            chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-            page = chromium.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/")
-            cards = page.wait_for_function(
-                "() => document.querySelectorAll('[data-testid=\"stMetricValue\"]').length >= 6 && performance.now()",
-                polling="raf", timeout=120_000).json_value() / 1000
-            done = _seen_after(page, "View updated for R=2 K=4 in", 0.0)
-            page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=WAIT_MS)
-            moves = {"kernel": browser_moves(page, MOVES)}
-            # Fitted to the outputs: the same moves again from where they ended, every point new to this fit.
-            r, k = (int(page.get_by_role("slider", name=n).input_value()) for n in ("KT rank R", "CP rank K"))
-            page.get_by_test_id("stSidebarUserContent").get_by_text("outputs on real images", exact=True).click()
-            _seen_after(page, f"View updated for R={r} K={k} in", page.evaluate("() => performance.now()"))
-            page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=300_000)
-            moves["outputs"] = browser_moves(page, MOVES)
-            chromium.close()
+        yield proc, port, time.perf_counter() - started
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:  # a script thread still waiting on a worker
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def browser(cache_dir: str) -> dict:
+    """On a freshly started server: seconds from opening the page to the drawn cards, then the same 10 slider
+    moves as below made with the keyboard, each timed until the view shows the new point."""
+    from playwright.sync_api import sync_playwright
+
+    with streamlit_server(cache_dir) as (_, port, healthy), sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/")
+        cards = page.wait_for_function(
+            "() => document.querySelectorAll('[data-testid=\"stMetricValue\"]').length >= 6 && performance.now()",
+            polling="raf", timeout=120_000).json_value() / 1000
+        done = _seen_after(page, "View updated for R=2 K=4 in", 0.0)
+        page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=WAIT_MS)
+        moves = {"kernel": browser_moves(page, MOVES)}
+        # Fitted to the outputs: the same moves again from where they ended, every point new to this fit.
+        r, k = (int(page.get_by_role("slider", name=n).input_value()) for n in ("KT rank R", "CP rank K"))
+        page.get_by_test_id("stSidebarUserContent").get_by_text("outputs on real images", exact=True).click()
+        _seen_after(page, f"View updated for R={r} K={k} in", page.evaluate("() => performance.now()"))
+        page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached", timeout=300_000)
+        moves["outputs"] = browser_moves(page, MOVES)
+        chromium.close()
     return {"server_start_s": round(healthy, 2), "cards_drawn_s": round(cards, 2), "view_drawn_s": round(done, 2),
             "clock": "from navigation start (first paint) and from the key press (moves), timed in the page",
             "layer": "digits-cnn conv4", "moves": [f"{w}={v}" for w, v in MOVES],

@@ -12,37 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 
-from _common import REPO, machine, write
-from bench_dashboard import APP, CHROMIUM, _seen_after
+from _common import machine, write
+from bench_dashboard import CHROMIUM, _seen_after, streamlit_server
 
 TEXT_ON_PAGE = """([text]) => document.body.innerText.includes(text) ? performance.now() : false"""
-
-
-def _start_server(cache: str) -> tuple[subprocess.Popen, int]:
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP.relative_to(REPO)), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env={**os.environ, "KCP_CACHE_DIR": cache}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    started = time.perf_counter()
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
-            return proc, port
-        except OSError:
-            if time.perf_counter() - started > 120:
-                raise TimeoutError("streamlit did not start within 120 s") from None
-            time.sleep(0.2)
 
 
 def _slider(page, which: str):
@@ -68,66 +43,57 @@ def main() -> None:
     parser.add_argument("--note", default="run alone (exclusive lock): the six sessions are the only load",
                         help="the machine's other load, for the JSON")
     args = parser.parse_args()
-    proc, port = _start_server(tempfile.mkdtemp(prefix="kcp-sessions-"))
     report: dict = {"machine": machine(), "loadavg_before": os.getloadavg()}
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-            pages = []
-            for _ in range(6):
-                page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-                page.goto(f"http://127.0.0.1:{port}/")
-                pages.append(page)
-            for page in pages:  # the first views: workers start, load the model and capture activations
-                page.wait_for_function(TEXT_ON_PAGE, arg=["View updated for R=2 K=4 in"], timeout=600_000)
-            heavy, light = pages[5], pages[:5]
+    with streamlit_server(tempfile.mkdtemp(prefix="kcp-sessions-")) as (proc, port, _), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        pages = []
+        for _ in range(6):
+            page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            pages.append(page)
+        for page in pages:  # the first views: workers start, load the model and capture activations
+            page.wait_for_function(TEXT_ON_PAGE, arg=["View updated for R=2 K=4 in"], timeout=600_000)
+        heavy, light = pages[5], pages[:5]
 
-            # The sixth: a 65,536 latency batch, then the largest ranks.
-            heavy.get_by_text("Latency settings").click()
-            batch = heavy.get_by_label("Batch")
-            batch.fill("65536")
+        # The sixth: a 65,536 latency batch, then the largest ranks.
+        heavy.get_by_text("Latency settings").click()
+        batch = heavy.get_by_label("Batch")
+        batch.fill("65536")
+        start = heavy.evaluate("() => performance.now()")
+        batch.press("Enter")
+        refused = heavy.wait_for_function(TEXT_ON_PAGE, arg=["timing a batch of 65536"], polling="raf",
+                                          timeout=120_000).json_value()
+        report["batch_65536_answer_s"] = round((refused - start) / 1000, 3)
+        for which in ("kt", "cp"):
+            _slider(heavy, which).focus()
             start = heavy.evaluate("() => performance.now()")
-            batch.press("Enter")
-            refused = heavy.wait_for_function(TEXT_ON_PAGE, arg=["timing a batch of 65536"], polling="raf",
-                                              timeout=120_000).json_value()
-            report["batch_65536_answer_s"] = round((refused - start) / 1000, 3)
-            for which in ("kt", "cp"):
-                _slider(heavy, which).focus()
-                start = heavy.evaluate("() => performance.now()")
-                heavy.keyboard.press("End")
-                heavy.wait_for_timeout(300)
-            answer = heavy.wait_for_function(
-                "() => { const t = document.body.innerText; return (t.includes('This point is heavy') || "
-                "t.includes('Not computed: R=')) && performance.now(); }", polling="raf", timeout=120_000)
-            report["max_ranks_answer_s"] = round((answer.json_value() - start) / 1000, 3)
-            text = heavy.evaluate("() => document.body.innerText")
-            report["max_ranks_answer"] = "confirm" if "This point is heavy" in text else "refused"
-            if report["max_ranks_answer"] == "confirm":
-                heavy.get_by_role("button", name="Compute it anyway").click()
-                heavy.wait_for_timeout(1000)
-            report["heavy_running_during_moves"] = report["max_ranks_answer"] == "confirm"
+            heavy.keyboard.press("End")
+            heavy.wait_for_timeout(300)
+        answer = heavy.wait_for_function(
+            "() => { const t = document.body.innerText; return (t.includes('This point is heavy') || "
+            "t.includes('Not computed: R=')) && performance.now(); }", polling="raf", timeout=120_000)
+        report["max_ranks_answer_s"] = round((answer.json_value() - start) / 1000, 3)
+        text = heavy.evaluate("() => document.body.innerText")
+        report["max_ranks_answer"] = "confirm" if "This point is heavy" in text else "refused"
+        if report["max_ranks_answer"] == "confirm":
+            heavy.get_by_role("button", name="Compute it anyway").click()
+            heavy.wait_for_timeout(1000)
+        report["heavy_running_during_moves"] = report["max_ranks_answer"] == "confirm"
 
-            # The five: round robin, one arrow step each time (alternating sliders and directions).
-            moves: list[float] = []
-            for m in range(args.moves):
-                for page in light:
-                    which = "kt" if m % 2 == 0 else "cp"
-                    moves.append(round(_move(page, which, 1 if m < args.moves // 2 + 1 else -1), 3))
-            report["light_moves_s"] = moves
-            report["light_median_s"] = round(statistics.median(moves), 3)
-            report["light_max_s"] = max(moves)
-            heavy_text = heavy.evaluate("() => document.body.innerText")
-            report["heavy_page_after"] = next((line for line in heavy_text.splitlines()
-                                               if "Computing R=192" in line or "View updated" in line), "")
-            browser.close()
+        # The five: round robin, one arrow step each time (alternating sliders and directions).
+        moves: list[float] = []
+        for m in range(args.moves):
+            for page in light:
+                which = "kt" if m % 2 == 0 else "cp"
+                moves.append(round(_move(page, which, 1 if m < args.moves // 2 + 1 else -1), 3))
+        report["light_moves_s"] = moves
+        report["light_median_s"] = round(statistics.median(moves), 3)
+        report["light_max_s"] = max(moves)
+        heavy_text = heavy.evaluate("() => document.body.innerText")
+        report["heavy_page_after"] = next((line for line in heavy_text.splitlines()
+                                           if "Computing R=192" in line or "View updated" in line), "")
+        browser.close()
         report["server_alive_at_end"] = proc.poll() is None
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:  # a script thread still waiting on a worker
-            proc.kill()
-            proc.wait()
     report["loadavg_after"] = os.getloadavg()
     report["note"] = args.note
     print({k: v for k, v in report.items() if k != "machine"})
