@@ -68,8 +68,7 @@ def evaluate(
         rel_error=result.rel_error, seconds=None if seconds is None else round(seconds, 4),
         sweeps=info.get("sweeps"), converged=info.get("converged"), warm_start=bool(info.get("warm_start", False)),
     )
-    module = module_for(target, result, execution)
-    measured = module_for(target, result, METRIC_EXECUTION) if result.method == "kcp" else module
+    measured = module_for(target, result, METRIC_EXECUTION if result.method == "kcp" else execution)
     chunk = images_per_chunk(result.stages(target.in_hw, target.geometry, False, kcp_path))
     if output_error and target.inputs is not None:
         row["output_rel_error"] = layer_output_error(target.conv, measured, target.inputs, batch=chunk)
@@ -79,6 +78,7 @@ def evaluate(
         row.update(top1_agreement=fid.top1_agreement, accuracy=fid.accuracy, dense_accuracy=fid.baseline_accuracy,
                    eval_images=fid.n_images, top1_changed=fid.n_changed)
     if latency is not None:
+        module = module_for(target, result, execution)
         pair = paired(target.conv, module, (target.kernel_shape[1], *target.in_hw), latency)
         row.update(latency_ms=pair.factorised.median_ms, dense_latency_ms=pair.dense.median_ms,
                    latency_p10_ms=pair.factorised.p10_ms, latency_p90_ms=pair.factorised.p90_ms,
