@@ -19,9 +19,9 @@ import math
 
 import torch
 
-from kcp.decomposition.als import balance, khatri_rao, side_tensor, solve_psd
+from kcp.decomposition.als import balance, khatri_rao, mttkrp, side_tensor, solve_psd
 from kcp.decomposition.stopping import window_change
-from kcp.kron import FactorShape, rearrange
+from kcp.kron import FactorShape, rearrange, unrearrange
 
 # Largest linear system (unknowns) that a block update solves; past it a sweep costs more than L-BFGS iterations
 # gain (measured: 64x64x3x3 at R=16 K=8, 1024 unknowns, ran ~0.1 s a sweep against ~20 ms an L-BFGS iteration).
@@ -61,6 +61,44 @@ class WeightedKCP:
         metric = (cross @ self.gab.T if other_is_b else cross @ self.gab).T
         d_side = math.isqrt(metric.shape[0])
         return metric.reshape(d_side, d_side, r, r).permute(2, 0, 3, 1)
+
+    def _own_metric(self, other: torch.Tensor, other_is_b: bool, n_out: int) -> torch.Tensor:
+        """The diagonal blocks ``F[r, x, r, x']`` of :meth:`_metric`, as (R, D_side, D_side): R times cheaper."""
+        r = other.shape[0]
+        flat = other.reshape(r, n_out, -1)
+        cross = torch.bmm(flat.transpose(1, 2), flat).reshape(r, -1)
+        metric = cross @ self.gab.T if other_is_b else cross @ self.gab
+        d_side = math.isqrt(metric.shape[1])
+        return metric.reshape(r, d_side, d_side)
+
+    def preconditioner(self, a_side: list[torch.Tensor], b_side: list[torch.Tensor]):
+        """The inverse of a block-diagonal part of the relative objective's Hessian: one block per term and free
+        factor (the per-term diagonal blocks of the normal matrices that block ALS solves), as a map from a gradient
+        over the free factors (flattened in the order ``a_side + b_side``) to a positive definite multiple of it.
+        L-BFGS starts each search from it instead of a scaled identity (:func:`kcp.decomposition.outputs.lbfgs`): it
+        carries the curvature of the calibration moments at the cost of (n K)^2-sized blocks, where the exact block
+        solves would cost (R n K)^2-sized ones."""
+        s = self.shape
+        blocks = []
+        for factors, other, other_is_b, n_other, in_dims in ((a_side, side_tensor(b_side), True, s.out_b, self.a_in),
+                                                            (b_side, side_tensor(a_side), False, s.out_a, self.b_in)):
+            metric = self._own_metric(other, other_is_b, n_other)
+            blocks += [(f.shape, inv, m == 0) for m, (f, inv) in enumerate(zip(factors, _term_normals(
+                factors, metric, in_dims))) if f.shape[1] > 1]
+        sizes = [math.prod(shape) for shape, _, _ in blocks]
+        scale = self.energy / 2  # the relative objective's Hessian blocks are 2 N / energy
+
+        def apply(grad: torch.Tensor) -> torch.Tensor:
+            parts = []
+            for (shape, inv, is_out), g in zip(blocks, grad.split(sizes)):
+                r, n, k = shape
+                if is_out:  # one K x K block per term, the same for every output index
+                    parts.append(torch.bmm(g.reshape(r, n, k), inv).reshape(-1))
+                else:
+                    parts.append(torch.bmm(inv, g.reshape(r, n * k, 1)).reshape(-1))
+            return scale * torch.cat(parts)
+
+        return apply
 
     def value(self, a_side: list[torch.Tensor], b_side: list[torch.Tensor]) -> float:
         """The relative objective ``tr(dW G dW^T) / tr(W G W^T)`` of the model."""
@@ -138,6 +176,53 @@ def _update_side(factors: list[torch.Tensor], metric: torch.Tensor, rhs: torch.T
         ins[m] = solve_psd(normal.reshape(size, size), right.reshape(size, 1)).reshape(r, n, k)
     factors[1:] = ins
     balance(factors)
+
+
+def _term_normals(factors: list[torch.Tensor], metric: torch.Tensor, in_dims: tuple) -> list[torch.Tensor]:
+    """Inverses of the per-term diagonal blocks of the normal matrices that :func:`_update_side` solves, for every
+    factor of a side (the output mode's (R, K, K), each input mode's (R, n K, n K)); ``metric`` holds the metric's
+    diagonal blocks (R, D_side, D_side). Eigenvalues are floored at a small fraction of each block's largest, so the
+    result is positive definite where a block is singular (tiny or zero columns)."""
+    r, n_out, k = factors[0].shape
+    ins = factors[1:]
+    vec = khatri_rao(ins)  # (R, D_side, K)
+    normals = [torch.bmm(vec.transpose(1, 2), torch.bmm(metric, vec))]
+    out = factors[0]
+    out_gram = torch.bmm(out.transpose(1, 2), out)  # (R, K, K)
+    for m in range(3):
+        n = ins[m].shape[1]
+        rest = khatri_rao([ins[j] for j in range(3) if j != m])  # (R, S, K)
+        met = metric.reshape(r, *in_dims, *in_dims).movedim(1 + m, 1).movedim(4 + m, 4)
+        met = met.reshape(r, n, rest.shape[1], n, rest.shape[1])
+        normal = torch.einsum("rtc,ritju,rud->ricjd", rest, met, rest) * out_gram.reshape(r, 1, k, 1, k)
+        normals.append(normal.reshape(r, n * k, n * k))
+    return [_floored_inverse(normal) for normal in normals]
+
+
+def _floored_inverse(normal: torch.Tensor, floor: float = 1e-8) -> torch.Tensor:
+    scale = normal.diagonal(dim1=-2, dim2=-1).amax(dim=-1).clamp_min(1e-300)
+    chol, info = torch.linalg.cholesky_ex(normal + floor * scale[:, None, None] * torch.eye(normal.shape[-1],
+                                                                                           dtype=normal.dtype))
+    if not bool(info.any()):
+        return torch.cholesky_inverse(chol)
+    values, vectors = torch.linalg.eigh(normal)
+    top = values.abs().amax(dim=-1, keepdim=True).clamp_min(1e-300)
+    return (vectors / values.clamp_min(0).maximum(floor * top).unsqueeze(-2)) @ vectors.transpose(-2, -1)
+
+
+def kcp_value_and_grad(objective, shape: FactorShape, a_side: list[torch.Tensor],
+                       b_side: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
+    """The output objective (``objective.value_and_grad`` of the dense kernel) of a KCP model and its gradient with
+    respect to every free factor of ``a_side + b_side`` (None for modes of size one), by the chain rule in
+    rearranged form (what autograd through the reconstruction computes, in a few products)."""
+    a_full, b_full = side_tensor(a_side), side_tensor(b_side)
+    value, grad = objective.value_and_grad(unrearrange(a_full.T @ b_full, shape))
+    grad_m = rearrange(grad, shape)  # d f / d M, (|A|, |B|)
+    grads = []
+    for side, full in ((a_side, b_full @ grad_m.T), (b_side, a_full @ grad_m)):
+        target = full.reshape(len(full), *(f.shape[1] for f in side))
+        grads += [mttkrp(target, side, m) if f.shape[1] > 1 else None for m, f in enumerate(side)]
+    return value, grads
 
 
 def _monotone_sweeps(step, value: float, *, max_sweeps: int, tol: float, window: int, history: list[float],

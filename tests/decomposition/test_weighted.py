@@ -136,3 +136,97 @@ def test_the_lm_jacobian_is_autograds():
         polish.levenberg_marquardt = original
     torch.testing.assert_close(seen["ours"], seen["autograd"], rtol=0, atol=1e-12)
     assert seen["ours"].shape == (18 * 24, 2 * 3 * (3 + 2 + 3 + 2 + 4 + 3))
+
+
+def _sides(start):
+    return [start.factors[k].clone() for k in A_KEYS], [start.factors[k].clone() for k in B_KEYS]
+
+
+@pytest.mark.parametrize(("factors", "placement"), CASES)
+def test_the_analytic_gradient_is_autograds(factors, placement):
+    from kcp.decomposition.weighted import kcp_value_and_grad
+
+    _w, objective, start, _wk = _problem(factors, placement, seed=8)
+    a_side, b_side = _sides(start)
+    value, grads = kcp_value_and_grad(objective, start.factor_shape, a_side, b_side)
+    leaves = [f.requires_grad_(True) for f in a_side + b_side]
+    approx = unrearrange(side_tensor(leaves[:4]).T @ side_tensor(leaves[4:]), start.factor_shape)
+    delta = objective.weight - approx.reshape(objective.out_c, -1)
+    reference = (delta * (delta @ objective.gram)).sum() / objective.energy
+    reference.backward()
+    assert value == pytest.approx(float(reference), rel=1e-12)
+    for leaf, grad in zip(leaves, grads):
+        if leaf.shape[1] == 1:
+            assert grad is None
+        else:
+            torch.testing.assert_close(grad, leaf.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(("factors", "placement"), CASES)
+def test_the_preconditioner_inverts_the_per_term_hessian_blocks(factors, placement):
+    """Against autograd's Hessian of the dense objective: each free factor's block, restricted to one term, is
+    what the preconditioner inverts (the objective is quadratic in one factor, so the Hessian is exact)."""
+    _w, objective, start, wk = _problem(factors, placement, seed=9)
+    a_side, b_side = _sides(start)
+    shape = start.factor_shape
+    apply = wk.preconditioner(a_side, b_side)
+    stacks = a_side + b_side
+    free = [i for i, f in enumerate(stacks) if f.shape[1] > 1]
+    sizes = [stacks[i].numel() for i in free]
+    g = torch.Generator().manual_seed(10)
+    for slot, i in enumerate(free):
+        def f_of(block, i=i):
+            parts = list(stacks)
+            parts[i] = block
+            approx = unrearrange(side_tensor(parts[:4]).T @ side_tensor(parts[4:]), shape)
+            delta = objective.weight - approx.reshape(objective.out_c, -1)
+            return (delta * (delta @ objective.gram)).sum() / objective.energy
+
+        r, n, k = stacks[i].shape
+        hessian = torch.autograd.functional.hessian(f_of, stacks[i]).reshape(r, n * k, r, n * k)
+        for term in range(r):
+            v = torch.zeros(sum(sizes), dtype=torch.float64)
+            block = torch.randn(n * k, generator=g, dtype=torch.float64)
+            offset = sum(sizes[:slot]) + term * n * k
+            v[offset:offset + n * k] = block
+            got = apply(v)[offset:offset + n * k]
+            # (up to the eigenvalue floor of 1e-8 of the largest, times the condition number)
+            torch.testing.assert_close(hessian[term, :, term] @ got, block, rtol=1e-4, atol=1e-4)
+
+
+def test_large_kcp_systems_use_the_preconditioned_lbfgs(monkeypatch):
+    import kcp.decomposition.weighted as weighted
+
+    w, objective, _start, _wk = _problem((3, 5, 2, 3), "split", seed=11)
+    x = patch_moments(torch.relu(torch.randn(8, 6, 5, 5, generator=torch.Generator().manual_seed(12),
+                                             dtype=torch.float64)), (3, 3), ConvGeometry.make(padding=1))
+    kernel_fit = kcp(w, 2, 2, factors=(3, 5, 2, 3))
+    # KT's blocks (2 x 9 unknowns) stay within the limit, KCP's (5 x 2 x 2) do not.
+    monkeypatch.setattr(weighted, "SYSTEM_LIMIT", 19)
+    fitted = kcp(w, 2, 2, factors=(3, 5, 2, 3), fit="outputs", calibration=x)
+    assert fitted.info["output_solver"] == "lbfgs-blocks"
+    values = np.array(fitted.info["objective"])
+    assert (np.diff(values) <= 1e-12).all(), np.diff(values).max()
+    assert values[0] == pytest.approx(x.relative_error(w, kernel_fit.reconstruct()), rel=1e-5)
+    assert values[-1] == pytest.approx(x.relative_error(w, fitted.reconstruct()), rel=1e-5)
+    assert values[-1] < 0.99 * values[0]
+
+
+def test_a_preconditioned_lbfgs_step_is_a_newton_step_on_a_quadratic():
+    """With the exact inverse Hessian as preconditioner, the first step (length 1) lands on the minimiser."""
+    from kcp.decomposition.outputs import lbfgs
+
+    g = torch.Generator().manual_seed(13)
+    m = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    hessian = m @ m.T + 0.1 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, generator=g, dtype=torch.float64)
+    optimum = torch.linalg.solve(hessian, b)
+
+    def evaluate(x):
+        return float(0.5 * x @ hessian @ x - b @ x) + 10.0, hessian @ x - b
+
+    inverse = torch.linalg.inv(hessian)
+    values, x = lbfgs(evaluate, torch.zeros(6, dtype=torch.float64), max_iter=1, tol=0, window=10,
+                      precondition=lambda _x: (lambda v: inverse @ v))
+    torch.testing.assert_close(x, optimum, rtol=1e-9, atol=1e-12)
+    assert values[1] < values[0]
