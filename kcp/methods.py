@@ -26,8 +26,8 @@ class Method:
     keyword options that change its result and that sweeps and the app set (besides ``fit`` and
     ``calibration``, which every method takes); ``kronecker`` whether it needs a Kronecker factor shape.
 
-    The implementation slots (``decompose``, ``reconstruct``, ``module``, ``stages``) are filled by the
-    modules that implement them, through :func:`implements`.
+    The implementation slots (``decompose``, ``reconstruct``, ``module``, ``stages``, ``factored``) are filled by
+    the modules that implement them, through :func:`implements`.
     """
 
     name: str
@@ -42,6 +42,7 @@ class Method:
     reconstruct: Callable[..., Any] | None = field(default=None, repr=False)
     module: type | None = field(default=None, repr=False)
     stages: Callable[..., Any] | None = field(default=None, repr=False)
+    factored: Callable[..., Any] | None = field(default=None, repr=False)
 
     @property
     def is_baseline(self) -> bool:
@@ -116,9 +117,10 @@ def implements(name: str, slot: str) -> Callable[[Any], Any]:
     """Decorator: the decorated function (or module class) fills ``slot`` of method ``name``.
 
     Slots: ``decompose`` (the method's function), ``reconstruct`` (factors back to a kernel), ``module``
-    (the ``nn.Module`` class that runs the factors), ``stages`` (its layers with their costs).
+    (the ``nn.Module`` class that runs the factors), ``stages`` (its layers with their costs), ``factored`` (for
+    methods whose kernel is a low-rank C_out x D matrix: factors to ``(left, right)``, the kernel ``left @ right``).
     """
-    if slot not in ("decompose", "reconstruct", "module", "stages"):
+    if slot not in ("decompose", "reconstruct", "module", "stages", "factored"):
         raise TypeError(f"no slot {slot!r} in the method table")
     method = get(name)
 

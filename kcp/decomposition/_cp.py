@@ -62,7 +62,14 @@ def cp(
     return finish_direct(result, w, moments, weight)
 
 
+@methods.implements("cp", "factored")
+def _factored(result: Decomposition) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel as the rank-R matrix product ``out @ right``, ``right`` (R x I k_h k_w) the rest of each term."""
+    f = result.factors
+    return f["out"], torch.einsum("ir,hr,wr->rihw", f["in"], f["h"], f["w"]).reshape(f["out"].shape[1], -1)
+
+
 @methods.implements("cp", "reconstruct")
 def _reconstruct(result: Decomposition) -> torch.Tensor:
-    f = result.factors
-    return torch.einsum("or,ir,hr,wr->oihw", f["out"], f["in"], f["h"], f["w"])
+    left, right = _factored(result)
+    return (left @ right).reshape(result.kernel_shape)

@@ -49,7 +49,14 @@ def tucker2(
     return finish_direct(result, w, moments, weight)
 
 
+@methods.implements("tucker2", "factored")
+def _factored(result: Decomposition) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel as the rank-R_o matrix product ``out @ right``, ``right`` the core times ``in`` (R_o x I k_h k_w)."""
+    f = result.factors
+    return f["out"], torch.einsum("pqhw,iq->pihw", f["core"], f["in"]).reshape(f["out"].shape[1], -1)
+
+
 @methods.implements("tucker2", "reconstruct")
 def _reconstruct(result: Decomposition) -> torch.Tensor:
-    f = result.factors
-    return torch.einsum("pqhw,op,iq->oihw", f["core"], f["out"], f["in"])
+    left, right = _factored(result)
+    return (left @ right).reshape(result.kernel_shape)

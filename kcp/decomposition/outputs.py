@@ -7,8 +7,9 @@ where its linear systems are small; KCP first moves to the better of its kernel 
 at the Kronecker level. CP, Tucker-2 (and KCP at ranks whose systems are too large) start from their kernel fit and
 refine with L-BFGS over all factors (an Armijo backtracking line search accepts only steps that lower the
 objective). Either way the recorded objective never rises. For L-BFGS the gradient with respect to ``W_hat`` is
-``-2 (W - W_hat) G`` in closed form, so each evaluation costs one C_out x D x D product plus a backward pass through
-the cheap reconstruction.
+``-2 (W - W_hat) G`` in closed form: one C_out x D x D product per evaluation, or r x D x D where ``W_hat`` is a
+rank-r matrix product (CP, Tucker-2: the method's ``factored`` slot), then the chain rule to the factors (autograd,
+or in closed form for KCP, whose L-BFGS is also preconditioned by the per-term blocks of its ALS systems).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import replace
 
 import torch
 
+from kcp import methods
 from kcp.decomposition.moments import PatchMoments
 from kcp.decomposition.numerics import relative_error
 from kcp.decomposition.result import Decomposition
@@ -82,6 +84,16 @@ class OutputObjective:
         delta = self.weight - approx.reshape(self.out_c, -1)
         return float((delta * (delta @ self.gram)).sum().clamp_min(0.0)) / self.energy
 
+    def low_rank_value_and_grad(self, left: torch.Tensor, right: torch.Tensor) -> tuple[float, torch.Tensor,
+                                                                                      torch.Tensor]:
+        """The objective of ``W_hat = left @ right`` (O x r, r x D) and its gradients with respect to ``left`` and
+        ``right``: ``W_hat G`` as ``left (right G)``, r D^2 multiply-adds where the dense product costs O D^2."""
+        approx = left @ right
+        residual = self.weight_gram - left @ (right @ self.gram)  # (W - W_hat) G
+        value = float(((self.weight - approx) * residual).sum().clamp_min(0.0)) / self.energy
+        grad = -2.0 / self.energy * residual
+        return value, grad @ right.T, left.T @ grad
+
     def value_and_grad(self, approx: torch.Tensor) -> tuple[float, torch.Tensor]:
         """The objective and its gradient with respect to ``approx`` (same shape as ``approx``)."""
         flat = approx.reshape(self.out_c, -1)
@@ -118,8 +130,11 @@ def refine_outputs(
     """
     w = weight.reshape(result.kernel_shape).to(torch.float64)
     objective = OutputObjective(w, calibration)
+    factored = methods.get(result.method).factored
     if max_iter is None:
-        work = w.shape[0] * objective.gram.shape[0] ** 2
+        out_c, dim = w.shape[0], objective.gram.shape[0]
+        # One evaluation: O D^2 multiply-adds through the dense W_hat, r (D^2 + 2 O D) through a rank-r one.
+        work = out_c * dim ** 2 if factored is None else _low_rank_work(factored(result), out_c, dim)
         max_iter = max(2 * window, min(OUTPUT_MAX_ITER, int(OUTPUT_WORK / work)))
     keys = free_keys(result)
     shapes = [result.factors[k].shape for k in keys]
@@ -131,6 +146,11 @@ def refine_outputs(
 
     def evaluate(flat: torch.Tensor) -> tuple[float, torch.Tensor]:
         flat = flat.detach().requires_grad_(True)
+        if factored is not None:
+            left, right = factored(unpack(flat))
+            value, grad_left, grad_right = objective.low_rank_value_and_grad(left.detach(), right.detach())
+            torch.autograd.backward([left, right], [grad_left, grad_right])
+            return value, flat.grad
         approx = unpack(flat).reconstruct()
         value, grad = objective.value_and_grad(approx.detach())
         approx.backward(grad)
@@ -178,6 +198,11 @@ def refine_outputs(
         **convergence(history, tol, window), "kernel_fit_error": result.rel_error, "output_solver": solver,
     })
     return replace(best, factors={k: v.detach() for k, v in best.factors.items()}, info=info)
+
+
+def _low_rank_work(factors: tuple[torch.Tensor, torch.Tensor], out_c: int, dim: int) -> int:
+    rank = factors[0].shape[1]
+    return rank * (dim ** 2 + 2 * out_c * dim)
 
 
 def _weighted(start: Decomposition, objective: OutputObjective, history: list[float], *, max_iter: int, tol: float,

@@ -164,3 +164,33 @@ def test_an_all_zero_kernel_gives_zero_factors(method, fit):
     assert result.rel_error == 0.0
     assert float(result.reconstruct().abs().max()) == 0.0
     assert all(bool(torch.isfinite(f).all()) for f in result.factors.values())
+
+
+@pytest.mark.parametrize(("method", "formula"), [("cp", "or,ir,hr,wr->oihw"), ("tucker2", "pqhw,op,iq->oihw")])
+def test_low_rank_methods_factor_as_a_matrix_product(method, formula):
+    """CP and Tucker-2 kernels are rank-r C_out x D matrices: ``left @ right`` is the textbook reconstruction."""
+    w, _m = _layer(seed=7)
+    result = decompose(w, method, **RANKS[method])
+    f = result.factors
+    expected = (torch.einsum(formula, f["out"], f["in"], f["h"], f["w"]) if method == "cp"
+                else torch.einsum(formula, f["core"], f["out"], f["in"]))
+    left, right = METHODS[method].factored(result)
+    assert left.shape[1] == right.shape[0] < w.shape[0]
+    torch.testing.assert_close((left @ right).reshape(w.shape), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_low_rank_objective_and_gradients_are_the_dense_ones():
+    from kcp.decomposition.outputs import OutputObjective
+
+    w, m = _layer(seed=8)
+    objective = OutputObjective(w, m)
+    g = torch.Generator().manual_seed(9)
+    left = torch.randn(w.shape[0], 3, generator=g, dtype=torch.float64, requires_grad=True)
+    right = torch.randn(3, w[0].numel(), generator=g, dtype=torch.float64, requires_grad=True)
+    value, grad_left, grad_right = objective.low_rank_value_and_grad(left.detach(), right.detach())
+    delta = objective.weight - left @ right
+    dense = (delta * (delta @ objective.gram)).sum() / objective.energy
+    dense.backward()
+    assert value == pytest.approx(float(dense), rel=1e-12)
+    torch.testing.assert_close(grad_left, left.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_right, right.grad, rtol=1e-10, atol=1e-12)
