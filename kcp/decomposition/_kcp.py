@@ -18,7 +18,15 @@ from kcp.decomposition.als import cp_batch, side_tensor
 from kcp.decomposition.moments import PatchMoments
 from kcp.decomposition.numerics import randn, relative_error, rng_for
 from kcp.decomposition.outputs import check_fit, finish
-from kcp.decomposition.polish import LM_AFTER, polish_kcp, polishable
+from kcp.decomposition.polish import (
+    LM_AFTER,
+    RESTART_ABOVE,
+    RESTART_BELOW,
+    RESTARTS,
+    polish_kcp,
+    polishable,
+    restartable,
+)
 from kcp.decomposition.refine import JOINT_LIMIT, refine, residual
 from kcp.decomposition.result import Decomposition
 from kcp.decomposition.stopping import convergence
@@ -124,16 +132,22 @@ def kcp(
 
     info: dict = {"seed": random_state if isinstance(random_state, int) else -1, "warm_start": warm}
     if refine_sweeps and kt_rank * cp_rank <= JOINT_LIMIT:
-        # Small kernels: ALS for a while, then a Levenberg-Marquardt finish (kcp.decomposition.polish) for what is left
-        # of the same sweep budget, which crosses the swamps where ALS stalls.
-        finish_lm = polishable(matrix, a_side, b_side)
-        history = refine(matrix, a_side, b_side, n_sweeps=min(refine_sweeps, LM_AFTER) if finish_lm else refine_sweeps,
-                         tol=tol, callback=callback)
-        als_sweeps = len(history) - 1
-        if finish_lm and refine_sweeps > als_sweeps:
-            polish_kcp(matrix, a_side, b_side, history, max_iter=refine_sweeps - als_sweeps, tol=tol,
-                       callback=callback)
-            info["polish_iterations"] = len(history) - 1 - als_sweeps
+        history, polished = _refine(matrix, a_side, b_side, refine_sweeps, tol, callback)
+        if restartable(matrix, a_side, b_side) and RESTART_ABOVE < history[-1] < RESTART_BELOW:
+            # Tiny problems, whose whole fit costs milliseconds, left near but not at an exact fit: a few restarts
+            # from random factors, keeping the best, get out of the local minima that the start leads ALS and the
+            # LM finish into on some planted tensors (kcp.decomposition.polish).
+            info["restarts"] = 0
+            while history[-1] > RESTART_ABOVE and info["restarts"] < RESTARTS:
+                info["restarts"] += 1
+                sides = [[randn(rng, kt_rank, n, cp_rank) if n > 1 else torch.ones(kt_rank, 1, cp_rank,
+                                                                                     dtype=torch.float64)
+                          for n in dims] for dims in (shape.a_shape, shape.b_shape)]
+                other, other_polished = _refine(matrix, *sides, refine_sweeps, tol, None)
+                if other[-1] < history[-1]:
+                    (a_side, b_side), history, polished = sides, other, other_polished
+        if polished is not None:
+            info["polish_iterations"] = polished
         info.update(sweeps=len(history) - 1, **convergence(history, tol))
     else:
         history = [float(residual(matrix, a_side, b_side).norm() / (matrix.norm() or 1.0))]
@@ -155,6 +169,21 @@ def kcp(
     result.rel_error = relative_error(result.reconstruct(), w)
     result = finish(result, w, moments, callback)
     return result.to(weight.device, weight.dtype)
+
+
+def _refine(matrix: torch.Tensor, a_side: list[torch.Tensor], b_side: list[torch.Tensor], refine_sweeps: int,
+            tol: float, callback: Callable[[int, float], None] | None) -> tuple[list[float], int | None]:
+    """Small kernels: ALS for a while, then a Levenberg-Marquardt finish (kcp.decomposition.polish) for what is left
+    of the same sweep budget, which crosses the swamps where ALS stalls. In place; returns the relative errors (the
+    start's, then one per step) and the number of LM iterations (None where the finish does not run)."""
+    finish_lm = polishable(matrix, a_side, b_side)
+    history = refine(matrix, a_side, b_side, n_sweeps=min(refine_sweeps, LM_AFTER) if finish_lm else refine_sweeps,
+                     tol=tol, callback=callback)
+    als_sweeps = len(history) - 1
+    if not (finish_lm and refine_sweeps > als_sweeps):
+        return history, None
+    polish_kcp(matrix, a_side, b_side, history, max_iter=refine_sweeps - als_sweeps, tol=tol, callback=callback)
+    return history, len(history) - 1 - als_sweeps
 
 
 def _embeddable(init: Decomposition, kernel_shape, shape: FactorShape, r: int, k: int) -> bool:

@@ -9,6 +9,7 @@ import torch
 
 from kcp.decomposition import AGREEMENT_TOL, cp, decompose, kcp, kt, svd, tucker2
 from kcp.decomposition.moments import patch_moments
+from kcp.decomposition.polish import RESTART_LIMIT
 from kcp.decomposition.stopping import WINDOW, convergence, window_change
 from kcp.geometry import ConvGeometry
 
@@ -28,17 +29,9 @@ def planted(factors, placement, r, k, seed):
     return w
 
 
-# Known misses of the defaults, kept in the grid as strict xfails so that a fix shows: factor shape 2,3,5,2 a-spatial
-# (B a 3x2 matrix, over-parameterised at K=3). ALS then the LM finish end at 0.16 and 0.017 (LM stationary: local
-# minima; 2 of 6 random starts find the exact fit) and at 0.010 (the window rule stops LM on a slow stretch; tol=0
-# recovers it after 130 steps).
-PLANTED_MISSES = {((2, 3, 5, 2), "a-spatial", 2, 3, 0), ((2, 3, 5, 2), "a-spatial", 3, 2, 0),
-                  ((2, 3, 5, 2), "a-spatial", 2, 3, 1)}
-PLANTED_GRID = [
-    pytest.param(factors, placement, r, k, seed, marks=pytest.mark.xfail(strict=True, reason="local minimum / stall")
-                 if (factors, placement, r, k, seed) in PLANTED_MISSES else ())
-    for factors in ((5, 6, 6, 7), (4, 3, 5, 3), (3, 5, 3, 5), (2, 3, 5, 2))
-    for placement in ("split", "a-spatial") for r, k in ((2, 2), (2, 3), (3, 2)) for seed in (0, 1)]
+PLANTED_GRID = [(factors, placement, r, k, seed)
+                for factors in ((5, 6, 6, 7), (4, 3, 5, 3), (3, 5, 3, 5), (2, 3, 5, 2))
+                for placement in ("split", "a-spatial") for r, k in ((2, 2), (2, 3), (3, 2)) for seed in (0, 1)]
 
 
 def _check_recovered(factors, placement, r, k, seed):
@@ -65,9 +58,33 @@ def test_defaults_recover_planted_kcp_tensors(factors, placement, r, k, seed):
 @pytest.mark.slow
 @pytest.mark.parametrize(("factors", "placement", "r", "k", "seed"), PLANTED_GRID)
 def test_defaults_recover_every_planted_tensor_of_the_grid(factors, placement, r, k, seed):
-    """Every odd factor shape, both placements, three rank pairs, two seeds: no instance left out (45 of 48 pass;
-    the three misses are strict xfails above)."""
+    """Every odd factor shape, both placements, three rank pairs, two seeds: no instance left out."""
     _check_recovered(factors, placement, r, k, seed)
+
+
+@pytest.mark.parametrize(("r", "k", "seed", "final"), [(2, 3, 0, 0.16), (2, 3, 1, 0.010), (3, 2, 0, 0.017)])
+def test_restarts_get_tiny_planted_tensors_out_of_local_minima(monkeypatch, r, k, seed, final):
+    """Factor shape 2,3,5,2 a-spatial (B a 3x2 matrix, over-parameterised at K=3): from the ALS start, ALS then the LM
+    finish end at a local minimum or a stall; the restarts from random factors find the exact fit."""
+    import kcp.decomposition._kcp as method_module
+
+    w = planted((2, 3, 5, 2), "a-spatial", r, k, seed)
+    monkeypatch.setattr(method_module, "RESTARTS", 0)
+    stuck = kcp(w, r, k, factors=(2, 3, 5, 2), placement="a-spatial")
+    assert stuck.rel_error == pytest.approx(final, rel=0.1) and stuck.info["restarts"] == 0
+    monkeypatch.undo()
+    found = kcp(w, r, k, factors=(2, 3, 5, 2), placement="a-spatial")
+    assert found.rel_error < 1e-10 and 1 <= found.info["restarts"] <= method_module.RESTARTS
+    assert found.info["converged"] and found.history[-1] == pytest.approx(found.rel_error, rel=1e-6, abs=1e-15)
+
+
+def test_real_kernels_are_not_restarted():
+    """A 16x16x3x3 kernel at the smallest ranks is small enough to restart, but its fit ends far from exact."""
+    g = torch.Generator().manual_seed(14)
+    result = kcp(torch.randn(16, 16, 3, 3, generator=g, dtype=torch.float64), 1, 1)
+    free = sum(f.numel() for f in result.factors.values() if f.shape[1] > 1)
+    assert 16 * 16 * 9 * free <= RESTART_LIMIT  # restartable by size ...
+    assert "restarts" not in result.info and result.rel_error > 0.5  # ... but not restarted
 
 
 def test_the_window_rule_does_not_stop_on_a_slow_stretch():
