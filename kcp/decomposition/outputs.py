@@ -43,7 +43,7 @@ OUTPUT_WORK = 5e10
 # (kcp.decomposition.weighted), rebuilt every PRECONDITIONER_REFRESH iterations, needs far fewer iterations than plain
 # L-BFGS (measured: 64x64x3x3 at R=16 K=8 reaches in 60 what plain L-BFGS reaches in 150), so its bound is lower.
 PRECONDITIONED_MAX_ITER = 60
-PRECONDITIONER_REFRESH = 20
+PRECONDITIONER_REFRESH = 30
 PRECONDITIONED_KT_SWEEPS = 5
 PRECONDITIONED_CP_ITER = 30
 
@@ -183,7 +183,7 @@ def refine_outputs(
 
         x = torch.cat([start.factors[k].detach().reshape(-1) for k in keys])
         values, x = lbfgs(evaluate, x, max_iter=max_iter, tol=tol, window=window, callback=callback,
-                          offset=len(history) - 1, precondition=precondition)
+                          offset=len(history) - 1, precondition=precondition, refresh=PRECONDITIONER_REFRESH)
         history += values[1:]
         start = unpack(x)
     best = start
@@ -262,7 +262,7 @@ def lbfgs(
     memory: int = 20,
     offset: int = 0,
     precondition: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
-    refresh: int = PRECONDITIONER_REFRESH,
+    refresh: int = 20,
 ) -> tuple[list[float], torch.Tensor]:
     """Minimise ``evaluate(x) -> (f, grad)`` from ``x`` by L-BFGS with a backtracking (Armijo) line search.
 
