@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +26,9 @@ from kcp.decomposition.moments import PatchMoments
 from kcp.decomposition.numerics import relative_error
 from kcp.decomposition.result import Decomposition
 from kcp.decomposition.stopping import convergence, window_change
+
+if TYPE_CHECKING:
+    from kcp.decomposition.weighted import WeightedKCP
 
 FITS = ("kernel", "outputs")
 # Ridge added to G relative to tr(G)/D: keeps the whitening and the fit well posed where the calibration
@@ -164,7 +168,7 @@ def refine_outputs(
         start, solver, wk = _weighted(start, objective, history, max_iter=max_iter, tol=tol, window=window,
                                       callback=callback)
     if solver != "als":
-        precondition = None
+        precondition, step = None, evaluate
         if wk is not None and result.method == "kcp":
             from kcp.decomposition._kcp import A_KEYS, B_KEYS
             from kcp.decomposition.weighted import kcp_value_and_grad
@@ -178,12 +182,12 @@ def refine_outputs(
             def precondition(flat: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
                 return wk.preconditioner(*sides(flat))
 
-            def evaluate(flat: torch.Tensor) -> tuple[float, torch.Tensor]:  # noqa: F811 (no autograd: faster)
+            def step(flat: torch.Tensor) -> tuple[float, torch.Tensor]:  # evaluate in closed form: no autograd
                 value, grads = kcp_value_and_grad(objective, result.factor_shape, *sides(flat))
                 return value, torch.cat([g.reshape(-1) for g in grads if g is not None])
 
         x = torch.cat([start.factors[k].detach().reshape(-1) for k in keys])
-        values, x = lbfgs(evaluate, x, max_iter=max_iter, tol=tol, window=window, callback=callback,
+        values, x = lbfgs(step, x, max_iter=max_iter, tol=tol, window=window, callback=callback,
                           offset=len(history) - 1, precondition=precondition, refresh=PRECONDITIONER_REFRESH)
         history += values[1:]
         start = unpack(x)
@@ -207,7 +211,8 @@ def _low_rank_work(factors: tuple[torch.Tensor, torch.Tensor], out_c: int, dim: 
 
 
 def _weighted(start: Decomposition, objective: OutputObjective, history: list[float], *, max_iter: int, tol: float,
-              window: int, callback: Callable[[int, float], None] | None):
+              window: int, callback: Callable[[int, float], None] | None
+              ) -> tuple[Decomposition, str, WeightedKCP | None]:
     """KT and KCP refined by exact weighted block ALS (:mod:`kcp.decomposition.weighted`) where its systems are
     small enough; KCP first moves to a start fitted to the outputs at the Kronecker level (the KT terms refined on the
     outputs, then a CP of each) where that start's value is lower. Appends to ``history``; returns the result, which
