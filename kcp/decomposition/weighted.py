@@ -181,8 +181,8 @@ def _update_side(factors: list[torch.Tensor], metric: torch.Tensor, rhs: torch.T
 def _term_normals(factors: list[torch.Tensor], metric: torch.Tensor, in_dims: tuple) -> list[torch.Tensor]:
     """Inverses of the per-term diagonal blocks of the normal matrices that :func:`_update_side` solves, for every
     factor of a side (the output mode's (R, K, K), each input mode's (R, n K, n K)); ``metric`` holds the metric's
-    diagonal blocks (R, D_side, D_side). Eigenvalues are floored at a small fraction of each block's largest, so the
-    result is positive definite where a block is singular (tiny or zero columns)."""
+    diagonal blocks (R, D_side, D_side). Eigenvalues are floored (:func:`_floored_inverse`), so the result is
+    positive definite where a block is singular (tiny or zero columns)."""
     r, n_out, k = factors[0].shape
     ins = factors[1:]
     vec = khatri_rao(ins)  # (R, D_side, K)
@@ -200,14 +200,15 @@ def _term_normals(factors: list[torch.Tensor], metric: torch.Tensor, in_dims: tu
 
 
 def _floored_inverse(normal: torch.Tensor, floor: float = 1e-8) -> torch.Tensor:
-    scale = normal.diagonal(dim1=-2, dim2=-1).amax(dim=-1).clamp_min(1e-300)
-    chol, info = torch.linalg.cholesky_ex(normal + floor * scale[:, None, None] * torch.eye(normal.shape[-1],
-                                                                                           dtype=normal.dtype))
+    """Inverses of a batch of PSD blocks with their eigenvalues floored at ``floor`` times the batch's largest
+    diagonal entry: a block of a dead term (zero factors) gets a bounded inverse, not round-off's reciprocal."""
+    scale = float(normal.diagonal(dim1=-2, dim2=-1).amax()) or 1.0
+    eye = torch.eye(normal.shape[-1], dtype=normal.dtype)
+    chol, info = torch.linalg.cholesky_ex(normal + floor * scale * eye)
     if not bool(info.any()):
         return torch.cholesky_inverse(chol)
     values, vectors = torch.linalg.eigh(normal)
-    top = values.abs().amax(dim=-1, keepdim=True).clamp_min(1e-300)
-    return (vectors / values.clamp_min(0).maximum(floor * top).unsqueeze(-2)) @ vectors.transpose(-2, -1)
+    return (vectors / values.clamp_min(floor * scale).unsqueeze(-2)) @ vectors.transpose(-2, -1)
 
 
 def kcp_value_and_grad(objective, shape: FactorShape, a_side: list[torch.Tensor],
