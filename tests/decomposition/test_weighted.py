@@ -230,3 +230,16 @@ def test_a_preconditioned_lbfgs_step_is_a_newton_step_on_a_quadratic():
                       precondition=lambda _x: (lambda v: inverse @ v))
     torch.testing.assert_close(x, optimum, rtol=1e-9, atol=1e-12)
     assert values[1] < values[0]
+
+
+def test_the_preconditioner_stays_bounded_on_a_dead_term():
+    """A term whose output factor is zero has all-zero blocks: their inverse is floored, not round-off's reciprocal."""
+    _w, _objective, start, wk = _problem((3, 5, 2, 3), "split", seed=15)
+    a_side, b_side = _sides(start)
+    a_side[0][1] = 0.0
+    apply = wk.preconditioner(a_side, b_side)
+    v = torch.ones(sum(f.numel() for f in a_side + b_side if f.shape[1] > 1), dtype=torch.float64)
+    out = apply(v)
+    live = wk.preconditioner(*_sides(start))(v)
+    assert bool(torch.isfinite(out).all())
+    assert float(out.abs().max()) <= 1e9 * float(live.abs().max())
