@@ -130,11 +130,12 @@ def _target(key: TargetKey, _loaded: zoo.LoadedModel) -> LayerTarget:
 
 
 def target(loaded: zoo.LoadedModel, layer: str, n_images: int | None,
-           n_calibration: int | None = None) -> tuple[TargetKey, LayerTarget]:
+           n_calibration: int | None = None, fit: str = DEFAULT_FIT) -> tuple[TargetKey, LayerTarget]:
     """The layer with its real activations, network fidelity check and calibration (shared by every session)."""
     key = TargetKey(loaded.name, loaded.weights_id, layer, n_images, n_calibration)
-    # The workers build the same layer meanwhile (and every new worker does before its first job).
-    workers.pool().warm(jobs.target, spec(key))
+    # The workers build the same layer meanwhile (and every new worker does before its first job), with the
+    # calibration moments where points are fitted to the outputs.
+    workers.pool().warm(jobs.warm, spec(key), fit == "outputs")
     return key, _target(key, loaded)
 
 
