@@ -80,10 +80,11 @@ def point(spec: TargetSpec, method: str, ranks: dict[str, int], options: dict[st
 
 
 def latency(spec: TargetSpec, method: str, ranks: dict[str, int], options: dict[str, Any],
-            settings: LatencySettings, fit: str = DEFAULT_FIT) -> PairedTiming:
-    """The dense layer and the factorised one timed in one paired measurement."""
+            settings: LatencySettings, fit: str = DEFAULT_FIT, result: Decomposition | None = None) -> PairedTiming:
+    """The dense layer and the factorised one timed in one paired measurement; ``result`` is the decomposition when
+    the caller has it (a worker other than the one that made it would otherwise decompose the point again)."""
     t = target(spec)
-    module = module_for(t, decomposition(spec, method, ranks, options, fit))
+    module = module_for(t, result if result is not None else decomposition(spec, method, ranks, options, fit))
     return paired(t.conv, module, (t.kernel_shape[1], *t.in_hw), settings)
 
 

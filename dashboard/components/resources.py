@@ -167,11 +167,13 @@ def metrics(key: TargetKey, point: Point, fidelity: bool, _target: LayerTarget, 
     return evaluated(key, point, fidelity, _target, slot)[1]
 
 
-def latency(key: TargetKey, point: Point, settings: LatencySettings, _target: LayerTarget) -> PairedTiming:
-    """The dense layer and the factorised one at ``point``, timed together in one paired measurement (fresh on
-    every call: a figure from another moment, session or server is never shown)."""
+def latency(key: TargetKey, point: Point, settings: LatencySettings, _target: LayerTarget,
+            result: Decomposition | None = None) -> PairedTiming:
+    """The dense layer and the factorised one at ``point`` (its decomposition ``result`` when the caller has it),
+    timed together in one paired measurement (fresh on every call: a figure from another moment, session or server
+    is never shown)."""
     return workers.run(jobs.latency, spec(key), point.method, dict(point.ranks), point.options(), settings,
-                       point.fit, slot="latency", key=(key, point, settings))
+                       point.fit, result, slot="latency", key=(key, point, settings))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
