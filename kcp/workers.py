@@ -33,6 +33,8 @@ from typing import Any
 STATES = ("queued", "running", "done", "failed", "cancelled")
 POLL_SECONDS = 0.02
 ALIVE_EVERY_SECONDS = 1.0
+# Pause before trying again when a replacement worker cannot be started.
+RETRY_SECONDS = 1.0
 # How many warm-up calls a new worker runs (the most recently registered ones).
 WARM_CALLS = 4
 # Niceness of a background job's thread (0 is the default, 19 the lowest priority).
@@ -387,7 +389,11 @@ class WorkerPool:
             calls = list(self._warm)
         for old in dead:
             old.kill()
-            new = _Worker(self._context, self.threads, self.preload, calls)
+            try:
+                new = _Worker(self._context, self.threads, self.preload, calls)
+            except OSError:  # no process can start now (the fork server is gone at exit): retry a little later
+                time.sleep(RETRY_SECONDS)
+                continue
             with self._lock:
                 if self._closed or old not in self._workers:
                     new.kill()
