@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "dashboard" / os.environ.get("KCP_BENCH_APP", "app.py")
+APP = REPO / "dashboard" / "app.py"
 CHROMIUM = Path(os.environ.get("KCP_CHROMIUM", "/usr/bin/chromium"))
 # How long the browser waits for a view before the run fails.
 WAIT_MS = int(os.environ.get("KCP_BENCH_WAIT_MS", "120000"))
