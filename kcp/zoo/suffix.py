@@ -5,7 +5,9 @@ on it (its input, a residual block's skip, ...) are computed once on the evaluat
 then runs the replacement module on the kept input and the nodes after the layer only. On digits conv4 that is
 the last conv and a pooling instead of the whole network (0.24 s a point to a few hundredths).
 :func:`kcp.zoo.fidelity.network_fidelity` uses it where it applies and runs the whole network otherwise (a network
-that does not trace, calls the layer more than once, or needs smaller batches than the kept ones).
+that does not trace, calls the layer more than once, needs smaller batches than the kept ones, or whose kept
+values would take more than :data:`KEPT_BYTES`: an early layer of a 224 px network keeps as much as its captured
+activations again).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from kcp.zoo.activations import batch_size, get_conv
 from kcp.zoo.images import sample_images
 from kcp.zoo.loaded import LoadedModel
 
-_suffixes: Memo[Any] = Memo(size=4)
+_suffixes: Memo[Any] = Memo(size=2)
+# The most memory one layer's kept values may take (a layer over it runs the whole network at every check).
+KEPT_BYTES = 256 * 2**20
 # Tracing patches nn.Module.__call__ for its duration: one trace at a time in a process.
 _trace_lock = threading.Lock()
 
@@ -98,12 +102,15 @@ def _build(loaded: LoadedModel, layer: str, n: int | None) -> Suffix | None:
     wanted = {a for node in (call, *after) for a in node.all_input_nodes if a not in after and a is not call}
     x, _ = sample_images(loaded, n, "evaluation")
     step = batch_size(loaded)
-    kept = []
+    kept, size = [], 0
     with torch.no_grad():
         for batch in x.split(step):
             env: dict[fx.Node, Any] = {source: batch}
             _run(model, before, env)
             kept.append({node: env[node] for node in wanted})
+            size += sum(v.numel() * v.element_size() for v in kept[-1].values() if isinstance(v, torch.Tensor))
+            if size > KEPT_BYTES:
+                return None
     return Suffix(model, call, tuple(node for node in graph.nodes if node in after), tuple(kept), step)
 
 

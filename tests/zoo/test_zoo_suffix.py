@@ -74,3 +74,18 @@ def test_a_layer_called_twice_runs_the_whole_network(digits):
     assert network_suffix(loaded, "conv4", 20) is None
     same = network_fidelity(loaded, "conv4", copy.deepcopy(digits.convs["conv4"]), n=20)
     assert same.top1_agreement == 1.0 and same.logit_rel_error == 0.0
+
+
+def test_a_layer_whose_kept_values_are_too_large_runs_the_whole_network(digits, monkeypatch):
+    from kcp.zoo import suffix as suffix_module
+    from kcp.zoo._memo import Memo
+
+    monkeypatch.setattr(suffix_module, "_suffixes", Memo(size=2))
+    monkeypatch.setattr(suffix_module, "KEPT_BYTES", 100 * 32 * 16 * 16 * 4 - 1)  # just under 100 images at conv2
+    assert network_suffix(digits, "conv2", 100) is None
+    assert network_suffix(digits, "conv2", 99) is not None
+    module = noisy(digits.convs["conv2"])
+    fid = network_fidelity(digits, "conv2", module, n=100)
+    whole = whole_network(digits, "conv2", module, 100)
+    base = whole_network(digits, "conv2", digits.convs["conv2"], 100)
+    assert fid.n_changed == int((whole.argmax(1) != base.argmax(1)).sum())
