@@ -5,8 +5,10 @@
 The app in ``streamlit.testing.v1.AppTest`` (the server side of a rerun, no browser) on the offline digits CNN's
 ``conv4`` (64x64x3x3 at 8x8), fitted to its outputs on 512 calibration images: the KT and CP sliders move through
 the same 10 never-computed positions as ``bench_dashboard.py``; every move decomposes the point fitted to the
-outputs, and the side-by-side table fits it to the kernel too (so a move costs both fits, whichever fit is
-chosen). Latency is off, so the figure is the two fits and the evaluation.
+outputs, and the side-by-side table then fits it to the kernel too. Latency is off. A move is done when the new
+point's cards are drawn (``cards_s``); the rerun (``rerun_s``) goes on until the table's other row is in. Then the
+same points' own work as a worker does it, in this process: the output fit, and the metrics of the cards (kernel
+and output error, network top-1), to show how much of a move is the fit itself.
 
 Then the figures the app, the CLI and the CSV show for a few points, fitted both ways (through
 ``kcp.fit.decompose_point``, as they all do): kernel error, output error on the evaluation images, top-1
@@ -48,11 +50,33 @@ def moves(fit: str) -> dict:
     at.radio(key=widget_key("fit")).set_value(fit).run()
     switched = time.perf_counter() - t
     assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
-    times, inside = slider_moves(at)
-    return {"switch_s": round(switched, 2), "rerun_s": [round(x, 3) for x in times],
+    times, inside, drawn = slider_moves(at)
+    return {"switch_s": round(switched, 2), "cards_s": drawn, "median_cards_s": round(statistics.median(drawn), 3),
+            "rerun_s": [round(x, 3) for x in times],
             "median_rerun_s": round(statistics.median(times), 3), "page_s": inside,
             "median_page_s": round(statistics.median(inside), 3),
             "last_cards": {m.label: m.value for m in at.metric}}
+
+
+def work() -> list[dict]:
+    """Seconds of the output fit and of the cards' metrics for each point the moves visit, as a worker runs them."""
+    from kcp.evaluate import evaluate
+    from kcp.fit import decompose_point
+    from kcp.jobs import TargetSpec, target
+
+    t = target(TargetSpec("digits-cnn", None, "conv4"))
+    t.moments()
+    t.fidelity(t.conv)  # what a worker warms up before its first point (kcp.jobs.warm)
+    ranks = {"kt_rank": 2, "cp_rank": 4}
+    out = []
+    for which, value in MOVES:
+        ranks = {**ranks, "kt_rank" if which == "kt" else "cp_rank": value}
+        started = time.perf_counter()
+        result = decompose_point(t, "kcp", ranks, fit="outputs")
+        fitted = time.perf_counter()
+        evaluate(t, result)
+        out.append({**ranks, "fit_s": round(fitted - started, 3), "metrics_s": round(time.perf_counter() - fitted, 3)})
+    return out
 
 
 def points() -> list[dict]:
@@ -95,15 +119,19 @@ def main() -> int:
     report: dict = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                                 "torch_threads": torch.get_num_threads()},
                     "layer": "digits-cnn conv4 64x64x3x3 @8x8", "moves": [f"{w}={v}" for w, v in MOVES],
-                    "live": {"outputs": moves("outputs")}, "points": points()}
+                    "live": {"outputs": moves("outputs")}, "work": work(), "points": points()}
     report["machine"]["loadavg_before_after"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
     m = report["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} (1 thread); load average before/after "
           f"{m['loadavg_before_after']}")
-    print(f"{'Fit to':<10} {'median rerun':>13} {'median page':>12}  per move (s)")
+    print(f"{'Fit to':<10} {'median cards':>13} {'median rerun':>13} {'median page':>12}  cards per move (s)")
     for fit, r in report["live"].items():
-        print(f"{fit:<10} {r['median_rerun_s']:>12.3f}s {r['median_page_s']:>11.3f}s  "
-              + " ".join(f"{x:.2f}" for x in r["rerun_s"]))
+        print(f"{fit:<10} {r['median_cards_s']:>12.3f}s {r['median_rerun_s']:>12.3f}s {r['median_page_s']:>11.3f}s  "
+              + " ".join(f"{x:.2f}" for x in r["cards_s"]))
+    w = report["work"]
+    print(f"the same points in one process: output fit median {statistics.median(p['fit_s'] for p in w):.3f} s, "
+          f"metrics median {statistics.median(p['metrics_s'] for p in w):.3f} s; per point (fit + metrics): "
+          + " ".join(f"R={p['kt_rank']} K={p['cp_rank']} {p['fit_s']:.2f}+{p['metrics_s']:.2f}" for p in w))
     print(f"{'model':<14} {'layer':<15} {'R':>2} {'K':>2} {'fit':<8} {'kernel err':>10} {'output err':>10} "
           f"{'top-1':>7} {'changed':>9} {'fit s':>6}")
     for p in report["points"]:

@@ -46,6 +46,17 @@ def target(spec: TargetSpec) -> LayerTarget:
     return _targets.get(spec, build)
 
 
+def warm(spec: TargetSpec, moments: bool = False) -> None:
+    """Build what every point of the layer reuses, before a point waits for it: the layer (:func:`target`), the
+    network after it and the unchanged network's outputs (one fidelity check of the dense layer), and with
+    ``moments`` the calibration moments that an output fit starts from (a second of CPU on digits conv4)."""
+    t = target(spec)
+    if t.fidelity is not None:
+        t.fidelity(t.conv)
+    if moments and t.calibration is not None:
+        t.moments()
+
+
 def decomposition(spec: TargetSpec, method: str, ranks: dict[str, int], options: dict[str, Any],
                   fit: str = DEFAULT_FIT) -> Decomposition:
     """The layer's decomposition fitted to ``fit``, as :func:`kcp.fit.decompose_point` makes it everywhere
@@ -69,10 +80,11 @@ def point(spec: TargetSpec, method: str, ranks: dict[str, int], options: dict[st
 
 
 def latency(spec: TargetSpec, method: str, ranks: dict[str, int], options: dict[str, Any],
-            settings: LatencySettings, fit: str = DEFAULT_FIT) -> PairedTiming:
-    """The dense layer and the factorised one timed in one paired measurement."""
+            settings: LatencySettings, fit: str = DEFAULT_FIT, result: Decomposition | None = None) -> PairedTiming:
+    """The dense layer and the factorised one timed in one paired measurement; ``result`` is the decomposition when
+    the caller has it (a worker other than the one that made it would otherwise decompose the point again)."""
     t = target(spec)
-    module = module_for(t, decomposition(spec, method, ranks, options, fit))
+    module = module_for(t, result if result is not None else decomposition(spec, method, ranks, options, fit))
     return paired(t.conv, module, (t.kernel_shape[1], *t.in_hw), settings)
 
 

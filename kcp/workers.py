@@ -4,10 +4,10 @@ A :class:`WorkerPool` owns a few processes (``spawn`` context, ``threads`` torch
 never asks for more cores than it was given). Jobs are any picklable function and arguments, e.g. the ones in
 :mod:`kcp.jobs`. The queue is bounded; owners (a dashboard session, say) share the workers fairly: an owner
 with a job running waits behind owners with none. A job submitted into an owner's ``slot`` supersedes that
-slot's older job: a queued one is dropped, a running one is stopped by killing its worker, which is replaced
-at once. A worker that dies (the kernel's OOM killer, a crash) fails its job with the reason and is replaced;
-the caller's process is never at risk. ``alive(owner)`` is polled so that jobs of owners that went away
-(a closed browser tab) are stopped too.
+slot's older job: a queued one is dropped, a running one is stopped by killing its worker, which the pool's
+thread replaces at once (the caller waits for neither). A worker that dies (the kernel's OOM killer, a crash)
+fails its job with the reason and is replaced; the caller's process is never at risk. ``alive(owner)`` is polled
+so that jobs of owners that went away (a closed browser tab) are stopped too.
 
 A worker takes jobs only once it is ready: it has imported ``preload`` and run the calls registered with
 :meth:`WorkerPool.warm` (e.g. building a layer's target), so a job never waits behind a fresh interpreter's imports
@@ -33,6 +33,8 @@ from typing import Any
 STATES = ("queued", "running", "done", "failed", "cancelled")
 POLL_SECONDS = 0.02
 ALIVE_EVERY_SECONDS = 1.0
+# Pause before trying again when a replacement worker cannot be started.
+RETRY_SECONDS = 1.0
 # How many warm-up calls a new worker runs (the most recently registered ones).
 WARM_CALLS = 4
 # Niceness of a background job's thread (0 is the default, 19 the lowest priority).
@@ -166,6 +168,12 @@ class _Worker:
         child.close()
         self.job: Job | None = None
         self.ready = False
+        self.stopped = False
+
+    def stop(self) -> None:
+        """SIGKILL without waiting: the pool's thread reaps the process and starts the replacement."""
+        self.stopped, self.ready, self.job = True, False, None
+        self.process.kill()
 
     def kill(self) -> None:
         self.process.kill()
@@ -264,16 +272,13 @@ class WorkerPool:
         with self._lock:
             self._closed = True
             for job in self._all_jobs():
-                self._cancel(job, "the pool closed", replace=False)
+                self._cancel(job, "the pool closed")
         self._thread.join(timeout=60)
         with self._lock:
             for worker in self._workers:
                 worker.kill()
 
     # -- inside, under the lock -------------------------------------------------------------------------------
-    def _new_worker(self) -> _Worker:
-        return _Worker(self._context, self.threads, self.preload, list(self._warm))
-
     def _all_jobs(self) -> list[Job]:
         return [*self._queue, *(w.job for w in self._workers if w.job is not None)]
 
@@ -284,18 +289,16 @@ class WorkerPool:
         job.state, job.result, job.error = state, result, error
         job._done.set()
 
-    def _cancel(self, job: Job, reason: str, replace: bool = True) -> None:
+    def _cancel(self, job: Job, reason: str) -> None:
+        # The caller (a slider move) does not wait for the process to end nor for its replacement to start (tenths
+        # of a second together): the pool's thread does both, outside the lock.
         if job.finished:
             return
         if job in self._queue:
             self._queue.remove(job)
-        for i, worker in enumerate(self._workers):
+        for worker in self._workers:
             if worker.job is job:
-                worker.kill()
-                if replace:
-                    self._workers[i] = self._new_worker()
-                else:
-                    worker.job = None
+                worker.stop()
         self._finish(job, "cancelled", error=JobCancelled(reason))
 
     def _next_job(self, idle: int) -> Job | None:
@@ -363,19 +366,39 @@ class WorkerPool:
             self._finish(job, "failed", error=payload)
         return True
 
-    def _reap(self) -> None:
-        for i, worker in enumerate(self._workers):
+    def _reap(self) -> list[_Worker]:
+        """Fail the jobs of workers that ended; those workers, to be replaced (by :meth:`_replace`)."""
+        dead = []
+        for worker in self._workers:
             if worker.process.is_alive():
                 continue
             while worker.job is not None and not worker.conn.closed and worker.conn.poll() and self._receive(worker):
                 pass  # an answer sent just before the process ended still counts
             code = worker.process.exitcode
-            job = worker.job
-            worker.kill()
-            self._workers[i] = self._new_worker()
+            job, worker.job, worker.ready = worker.job, None, False
+            dead.append(worker)
             if job is not None:
                 why = "killed (probably out of memory)" if code == -signal.SIGKILL else f"exit code {code}"
                 self._finish(job, "failed", error=WorkerDied(f"the worker process running this ended: {why}"))
+        return dead
+
+    def _replace(self, dead: list[_Worker]) -> None:
+        """Start a worker for each of ``dead`` outside the lock (a start takes tens of milliseconds, and a slider move
+        must not wait on it to submit its job), then swap them in."""
+        with self._lock:
+            calls = list(self._warm)
+        for old in dead:
+            old.kill()
+            try:
+                new = _Worker(self._context, self.threads, self.preload, calls)
+            except OSError:  # no process can start now (the fork server is gone at exit): retry a little later
+                time.sleep(RETRY_SECONDS)
+                continue
+            with self._lock:
+                if self._closed or old not in self._workers:
+                    new.kill()
+                    continue
+                self._workers[self._workers.index(old)] = new
 
     def _start(self, workers: int) -> None:
         started = [_Worker(self._context, self.threads, self.preload, []) for _ in range(workers)]
@@ -394,9 +417,12 @@ class WorkerPool:
                 if self._closed:
                     return
                 self._check_owners()
-                self._reap()
+                dead = self._reap()
                 self._dispatch()
-                busy = {w.conn: w for w in self._workers if w.job is not None or not w.ready}
+                busy = {w.conn: w for w in self._workers if (w.job is not None or not w.ready) and not w.stopped}
+            if dead:
+                self._replace(dead)
+                continue
             ready = wait_for(list(busy), timeout=POLL_SECONDS) if busy else time.sleep(POLL_SECONDS)
             with self._lock:
                 for conn in ready or ():

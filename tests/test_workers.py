@@ -21,6 +21,15 @@ def _running(job, timeout=60.0):
     return job.state == "running"
 
 
+def _eventually(check, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -83,8 +92,26 @@ def test_a_superseded_job_is_killed_not_finished(pool):
     with pytest.raises(JobCancelled, match="superseded"):
         slow.outcome()
     assert newer.outcome() == 120
-    assert time.monotonic() - started < 30 and _gone(pid) and pid not in pool.pids()
-    assert len(pool.pids()) == 2
+    assert time.monotonic() - started < 30
+    assert _eventually(lambda: _gone(pid) and pid not in pool.pids() and len(pool.pids()) == 2)
+
+
+def test_stopping_a_job_leaves_the_wait_and_the_restart_to_the_pools_thread(pool, monkeypatch):
+    import kcp.workers as kw
+
+    threads = []
+    for name in ("kill", "__init__"):  # waiting for a process's end; starting a process
+        original = getattr(kw._Worker, name)
+        monkeypatch.setattr(kw._Worker, name, lambda self, *a, _f=original, _n=name, **k: (
+            threads.append((_n, threading.current_thread().name)), _f(self, *a, **k))[1])
+    slow = pool.submit(time.sleep, 60, owner="a", slot="live", key="slow")
+    assert _running(slow)
+    pool.cancel(slow)
+    assert slow.state == "cancelled"
+    assert _eventually(lambda: _gone(slow.pid) and slow.pid not in pool.pids() and len(pool.pids()) == 2)
+    assert pool.submit(math.factorial, 5).outcome() == 120
+    assert {n for n, _ in threads} == {"kill", "__init__"}
+    assert {t for _, t in threads} == {"kcp-worker-pool"}  # never the caller's thread (a slider move)
 
 
 def test_a_dead_worker_fails_its_job_and_is_replaced(pool):

@@ -50,4 +50,4 @@ def layer_target(sel: sidebar.Selection) -> tuple[resources.TargetKey, LayerTarg
             return None
     with st.spinner(f"Capturing real activations at {info.name}…"):
         return guards.attempt("Preparing the layer", resources.target, sel.loaded, info.name, sel.n_images,
-                              sel.n_calibration)
+                              sel.n_calibration, sel.fit)

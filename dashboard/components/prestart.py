@@ -12,8 +12,8 @@ import multiprocessing as mp
 from multiprocessing import forkserver
 
 # kcp's jobs, and scikit-learn's datasets, which the offline digits model (the app's default) reads its images with:
-# seconds of imports each on a busy machine.
-PRELOAD = ("torch", "kcp.jobs", "sklearn.datasets", "sklearn.model_selection")
+# seconds of imports each on a busy machine. Then the default layer, built once for every worker (prewarm).
+PRELOAD = ("torch", "kcp.jobs", "sklearn.datasets", "sklearn.model_selection", "dashboard.components.prewarm")
 
 
 def available() -> bool:

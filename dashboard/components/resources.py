@@ -130,11 +130,12 @@ def _target(key: TargetKey, _loaded: zoo.LoadedModel) -> LayerTarget:
 
 
 def target(loaded: zoo.LoadedModel, layer: str, n_images: int | None,
-           n_calibration: int | None = None) -> tuple[TargetKey, LayerTarget]:
+           n_calibration: int | None = None, fit: str = DEFAULT_FIT) -> tuple[TargetKey, LayerTarget]:
     """The layer with its real activations, network fidelity check and calibration (shared by every session)."""
     key = TargetKey(loaded.name, loaded.weights_id, layer, n_images, n_calibration)
-    # The workers build the same layer meanwhile (and every new worker does before its first job).
-    workers.pool().warm(jobs.target, spec(key))
+    # The workers build the same layer meanwhile (and every new worker does before its first job), with the
+    # calibration moments where points are fitted to the outputs.
+    workers.pool().warm(jobs.warm, spec(key), fit == "outputs")
     return key, _target(key, loaded)
 
 
@@ -166,11 +167,13 @@ def metrics(key: TargetKey, point: Point, fidelity: bool, _target: LayerTarget, 
     return evaluated(key, point, fidelity, _target, slot)[1]
 
 
-def latency(key: TargetKey, point: Point, settings: LatencySettings, _target: LayerTarget) -> PairedTiming:
-    """The dense layer and the factorised one at ``point``, timed together in one paired measurement (fresh on
-    every call: a figure from another moment, session or server is never shown)."""
+def latency(key: TargetKey, point: Point, settings: LatencySettings, _target: LayerTarget,
+            result: Decomposition | None = None) -> PairedTiming:
+    """The dense layer and the factorised one at ``point`` (its decomposition ``result`` when the caller has it),
+    timed together in one paired measurement (fresh on every call: a figure from another moment, session or server
+    is never shown)."""
     return workers.run(jobs.latency, spec(key), point.method, dict(point.ranks), point.options(), settings,
-                       point.fit, slot="latency", key=(key, point, settings))
+                       point.fit, result, slot="latency", key=(key, point, settings))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -17,6 +17,7 @@ import streamlit as st
 import torch
 
 from dashboard.components import fmt, guards, resources
+from dashboard.components.defaults import default_layer
 from kcp import zoo
 from kcp.decomposition import REFINE_SWEEPS
 from kcp.estimate import estimate
@@ -29,8 +30,6 @@ UPLOAD = "__upload__"
 # The baselines that need no Kronecker factor shape (the only ones where KCP does not apply).
 BASELINE_ONLY = tuple(m for m in BASELINES if not METHODS[m].kronecker)
 DEFAULT_RANKS = {"kt_rank": 2, "cp_rank": 4}
-# Layers up to this many weights are picked by default: they decompose live in well under a second.
-LIVE_WEIGHTS = 256 * 256 * 3 * 3
 # Live network top-1 is on by default when one pass over the images costs at most this many MACs.
 LIVE_FIDELITY_MACS = 10e9
 # Live latency: enough runs for a stable median, short enough for the < 1 s update.
@@ -102,14 +101,6 @@ def keep(key: str, default: Any, valid: Callable[[Any], bool] = lambda _: True) 
         value = default
     st.session_state[key] = st.session_state[widget_key(key)] = value
     return {"key": widget_key(key), "on_change": _sync, "args": (key,)}
-
-
-def default_layer(infos: list[zoo.ConvLayerInfo]) -> str:
-    """The largest layer KCP applies to that still decomposes live (else the largest applicable, else the first)."""
-    usable = [i for i in infos if i.kcp_ok]
-    live = [i for i in usable if i.params <= LIVE_WEIGHTS]
-    pool = live or usable
-    return max(pool, key=lambda i: i.params).name if pool else infos[0].name
 
 
 def divisor_pairs(n: int) -> list[tuple[int, int]]:

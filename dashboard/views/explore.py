@@ -18,6 +18,7 @@ from dashboard.components import cards, diagram, figures, fmt, guards, resources
 from dashboard.components.layer import header, layer_target
 from kcp import estimate as est
 from kcp.budget import largest_within
+from kcp.decomposition import Decomposition
 from kcp.fit import FITS
 from kcp.latency import LatencySettings, PairedTiming
 from kcp.methods import METHODS
@@ -67,8 +68,8 @@ def allowed(what: str, prediction: est.Estimate, tag: tuple, button: str) -> boo
 
 
 def timings(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget,
-            point: resources.Point) -> tuple[PairedTiming | None, str | None]:
-    """The dense and factorised layers timed together, or why there is no timing."""
+            point: resources.Point, result: Decomposition) -> tuple[PairedTiming | None, str | None]:
+    """The dense layer and ``result`` (the decomposition at ``point``) timed together, or why there is no timing."""
     settings = sel.latency
     if settings is None:
         return None, None
@@ -76,7 +77,7 @@ def timings(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarge
     if not allowed(f"timing a batch of {settings.batch}", estimate(sel, target, point, settings), tag,
                    "Time it anyway"):
         return None, "not measured (see above)"
-    pair = guards.attempt("Timing", resources.latency, key, point, settings, target, warn=True)
+    pair = guards.attempt("Timing", resources.latency, key, point, settings, target, result, warn=True)
     return pair, None if pair else "could not be timed"
 
 
@@ -197,7 +198,7 @@ def live(sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget) 
     result, row = found
     history = result.history if result.method == "kcp" else None
     stages = result.stages(target.in_hw, target.geometry, target.conv.bias is not None)
-    pair, note = timings(sel, key, target, point)
+    pair, note = timings(sel, key, target, point, result)
     cards.show(row, history=history, timing=pair.factorised if pair else None,
                dense_timing=pair.dense if pair else None, images=target.images, latency_note=note, pair=pair)
     caption = st.empty()

@@ -2,13 +2,17 @@
 
 The activations are reduced batch by batch as the network produces them, so memory stays bounded by one
 forward batch and the D x D moment, whatever the number of images; the result is computed once per model,
-layer and image count and shared (read-only) by every caller.
+layer and image count and shared (read-only) by every caller, and kept in the on-disk cache (:mod:`kcp.cache`),
+so that another process (the app's next worker, the next CLI run) reads it instead of running the network again.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
+from kcp.cache import ResultCache, cache_key
 from kcp.decomposition.moments import PatchMoments, patch_moments
 from kcp.geometry import ConvGeometry
 from kcp.zoo._memo import Memo
@@ -47,4 +51,21 @@ def layer_moments(loaded: LoadedModel, layer: str, n: int | None = None) -> Patc
             running = part if running is None else combine([running, part])
         return running
 
-    return _moments.get((loaded.key, layer, n), compute)
+    return _moments.get((loaded.key, layer, n), lambda: _stored(loaded, layer, n, compute))
+
+
+def _stored(loaded: LoadedModel, layer: str, n: int, compute) -> PatchMoments:
+    """``compute()``, or its result as a process stored it before (same weights, layer and images)."""
+    cache = ResultCache()
+    key = cache_key(kind="patch_moments", model=loaded.name, arch=loaded.arch, weights=loaded.weights_id,
+                    layer=layer, images=n)
+    entry = cache.get(key)
+    if entry is not None:
+        return PatchMoments(entry["gram"], entry["total"], int(entry["count"]), int(entry["n_inputs"]),
+                            int(entry["in_channels"]), tuple(entry["kernel_hw"]))
+    moments = compute()
+    with contextlib.suppress(OSError):  # an unwritable cache only loses the head start of the next process
+        cache.put(key, {"gram": moments.gram, "total": moments.total, "count": moments.count,
+                        "n_inputs": moments.n_inputs, "in_channels": moments.in_channels,
+                        "kernel_hw": list(moments.kernel_hw)})
+    return moments

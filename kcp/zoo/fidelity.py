@@ -11,6 +11,7 @@ from kcp.zoo._memo import Memo
 from kcp.zoo.activations import batch_size, get_conv
 from kcp.zoo.images import sample_images
 from kcp.zoo.loaded import LoadedModel
+from kcp.zoo.suffix import network_suffix
 from kcp.zoo.swap import with_layer
 
 _baselines: Memo[torch.Tensor] = Memo(size=16)
@@ -50,12 +51,17 @@ def network_fidelity(loaded: LoadedModel, layer: str, module: nn.Module, n: int 
                      batch: int | None = None) -> Fidelity:
     """Top-1 agreement (and accuracy, where labels exist) of the network with conv ``layer`` replaced by
     ``module``, on the first ``n`` evaluation images (never the calibration ones), at most ``batch`` at a time
-    (default: the family's batch). ``module`` is put in eval mode; ``loaded.model`` is not changed."""
+    (default: the family's batch). ``module`` is put in eval mode; ``loaded.model`` is not changed. Only the part
+    of the network after the layer runs where it can be split off (:mod:`kcp.zoo.suffix`)."""
     get_conv(loaded, layer)
     x, y = sample_images(loaded, n, "evaluation")
     base = baseline_logits(loaded, n)
     step = min(batch or batch_size(loaded), batch_size(loaded))
-    out = logits(with_layer(loaded.model, layer, module.eval()), x, step)
+    suffix = network_suffix(loaded, layer, n)
+    if suffix is not None and min(suffix.step, len(x)) <= step:  # the kept batches are within the asked bound
+        out = suffix.logits(module.eval())
+    else:
+        out = logits(with_layer(loaded.model, layer, module.eval()), x, step)
 
     def acc(z: torch.Tensor) -> float | None:
         return None if y is None else (z.argmax(1) == y).float().mean().item()
