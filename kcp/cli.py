@@ -269,7 +269,8 @@ def _cmd_decompose(args) -> int:
     _check_estimate(args, est.estimate(
         "kcp", target.kernel_shape, {"kt_rank": args.kt, "cp_rank": args.cp}, target.in_hw, geometry=target.geometry,
         factor_shape=shape, refine_sweeps=0 if args.no_refine else args.sweeps, images=images,
-        network_macs=_network_macs(loaded, args.layer) if target.fidelity else 0), f"R={args.kt} K={args.cp}")
+        network_macs=_network_macs(loaded, args.layer) if target.fidelity else 0, fit=args.fit),
+        f"R={args.kt} K={args.cp}")
     options = point_options("kcp", factors=args.factors, placement=args.placement,
                             refine_sweeps=0 if args.no_refine else args.sweeps, seed=args.seed)
     if args.fit == "outputs":
@@ -333,7 +334,7 @@ def _cmd_sweep(args) -> int:
         baselines = sum(m != "kcp" for m in args.methods)
         layer_total = est.grid(target.kernel_shape, args.kt, args.cp, target.in_hw, baselines=baselines,
                                latency=latency, geometry=target.geometry, factor_shape=shape,
-                               refine_sweeps=args.sweeps, images=images, network_macs=network)
+                               refine_sweeps=args.sweeps, images=images, network_macs=network, fit=args.fit)
         total = layer_total if total is None else total + layer_total
     points = len(args.kt) * len(args.cp) * len(targets)
     _check_estimate(args, total, f"sweep of {points} points")

@@ -25,18 +25,28 @@ from kcp.geometry import ConvGeometry
 from kcp.kron import FactorShape, max_cp_rank, max_kt_rank
 from kcp.latency import DTYPES, LatencySettings
 
-# Calibration (bench/results/estimate_calibration_cpu.json, one torch thread on a busy 2-core EPYC):
+# Calibration: bench/bench_estimate.py measures every term below (one torch thread, random kernels, 32x32 to
+# 512x512 layers) and fits them by non-negative least squares on relative error, times 2 (other jobs share the
+# cores); bench/results/estimate_calibration_cpu.json holds the rows and the predictions' ratios.
 # KCP refinement sweep = SWEEP_BASE + SWEEP_PER_WEIGHT |W| + SWEEP_RK2 (RK)^2 + SWEEP_RK3 (RK)^3 seconds,
 # two-stage KCP = TWO_STAGE_BASE + TWO_STAGE_PER_WEIGHT |W| + TWO_STAGE_PER_TERM R (1 + K / 16) seconds.
-SWEEP_BASE, SWEEP_PER_WEIGHT, SWEEP_RK2, SWEEP_RK3 = 0.02, 2e-7, 3e-6, 4e-9
-TWO_STAGE_BASE, TWO_STAGE_PER_WEIGHT, TWO_STAGE_PER_TERM = 0.3, 8e-6, 0.03
-# Baselines (CP-ALS, Tucker-2 HOSVD, truncated SVDs): per weight and per weight x rank.
-BASELINE_BASE, BASELINE_PER_WEIGHT_RANK = 0.1, 2e-8
-# Running modules: multiply-accumulates per second, and tensor elements written per second (thin layers with
-# many channels are bound by memory traffic and per-channel overheads, not arithmetic: digits conv4 at R=16 K=8,
-# 1,024 middle channels, took 19 s for the output error on 450 images, R=64 K=8 84 s; see the calibration file).
+SWEEP_BASE, SWEEP_PER_WEIGHT, SWEEP_RK2, SWEEP_RK3 = 4e-3, 4e-8, 6e-7, 5e-11
+TWO_STAGE_BASE, TWO_STAGE_PER_WEIGHT, TWO_STAGE_PER_TERM = 0.07, 4.7e-7, 6e-3
+# Baselines (Tucker-2 HOSVD and HOOI, truncated SVDs, CP-ALS): per weight and per weight x rank; CP-ALS runs
+# until it converges, which on some kernels takes its whole iteration bound (measured up to 7e-6 s per weight x
+# rank on a random 64x64x3x3 kernel at rank 36): CP_PER_WEIGHT_RANK is the typical case, not that one.
+BASELINE_BASE, BASELINE_PER_WEIGHT, BASELINE_PER_WEIGHT_RANK = 0.1, 2e-6, 1e-7
+CP_PER_WEIGHT_RANK = 1e-6
+# Output fits: OUTPUT_BASE + their bounded work (kcp.decomposition.outputs.OUTPUT_WORK) at FIT_MAC_RATE; SVD's
+# closed form costs the whitening (a D x D Cholesky and SVD, about D^3).
+OUTPUT_BASE, FIT_MAC_RATE = 0.1, 1e10
+# Running modules: multiply-accumulates per second by kind of stage (dense convolutions run at BLAS speed; the
+# thin contractions of a KCP chain far slower), tensor elements written per second, and a fixed cost per stage
+# and image. MAC_RATE is for the kinds the calibration did not see.
 MAC_RATE = 1.0e9
-ELEMENT_RATE = 1.0e7
+MAC_RATES = {"conv": 1.2e10, "conv 1x1": 2e10, "contraction": 1.2e9}
+ELEMENT_RATE = 1.2e8
+STAGE_SECONDS = 1e-5
 # Intermediate tensors of one chunk of images during evaluation.
 CHUNK_BYTES = 256 * 2**20
 FLOAT32 = 4
@@ -153,8 +163,8 @@ def per_image_bytes(stages: Sequence[costs.Stage]) -> int:
 
 
 # Refinement sweeps a KCP fit typically runs before its window rule stops it (measured on digits-cnn conv4 and
-# CIFAR ResNet kernels: 10 to 600 sweeps, most under 100); a point that runs longer can be stopped in the app.
-TYPICAL_SWEEPS = 100
+# CIFAR ResNet kernels: 10 to 600 sweeps, most under 50); a point that runs longer can be stopped in the app.
+TYPICAL_SWEEPS = 50
 
 
 def images_per_chunk(stages: Sequence[costs.Stage], chunk_bytes: int = CHUNK_BYTES, most: int = 512) -> int:
@@ -163,12 +173,32 @@ def images_per_chunk(stages: Sequence[costs.Stage], chunk_bytes: int = CHUNK_BYT
 
 
 def decompose_seconds(method: str, kernel_shape: tuple[int, int, int, int], ranks: dict[str, int],
-                      refine_sweeps: int = REFINE_SWEEPS) -> float:
+                      refine_sweeps: int = REFINE_SWEEPS, fit: str = "kernel") -> float:
     """Predicted seconds of one decomposition. Refinement stops once it converges, which it typically does long
-    before ``refine_sweeps``: the prediction counts at most :data:`TYPICAL_SWEEPS` of them."""
-    weights = math.prod(kernel_shape)
+    before ``refine_sweeps``: the prediction counts at most :data:`TYPICAL_SWEEPS` of them. ``fit="outputs"`` adds
+    the refinement on the output objective (:func:`output_fit_seconds`)."""
     if method == "dense":
         return 0.0
+    extra = output_fit_seconds(kernel_shape, method) if fit == "outputs" else 0.0
+    return extra + _kernel_fit_seconds(method, kernel_shape, ranks, refine_sweeps)
+
+
+def output_fit_seconds(kernel_shape: tuple[int, int, int, int], method: str = "kcp") -> float:
+    """Predicted seconds of the output-objective refinement after the kernel fit: its iterations are bounded by
+    work (``kcp.decomposition.outputs.OUTPUT_WORK`` multiply-adds of ``C_out x D x D`` products), and a block-ALS
+    sweep or a preconditioned L-BFGS iteration costs a few such products."""
+    from kcp.decomposition.outputs import OUTPUT_MAX_ITER, OUTPUT_WORK
+
+    out_c, dim = kernel_shape[0], math.prod(kernel_shape[1:])
+    if method == "svd":
+        return OUTPUT_BASE + dim**3 / FIT_MAC_RATE
+    work = out_c * dim * dim
+    return OUTPUT_BASE + min(OUTPUT_MAX_ITER * work, OUTPUT_WORK) / FIT_MAC_RATE
+
+
+def _kernel_fit_seconds(method: str, kernel_shape: tuple[int, int, int, int], ranks: dict[str, int],
+                        refine_sweeps: int) -> float:
+    weights = math.prod(kernel_shape)
     if method == "kcp":
         from kcp.decomposition.refine import JOINT_LIMIT
 
@@ -179,14 +209,15 @@ def decompose_seconds(method: str, kernel_shape: tuple[int, int, int, int], rank
         sweep = SWEEP_BASE + SWEEP_PER_WEIGHT * weights + SWEEP_RK2 * rk**2 + SWEEP_RK3 * rk**3
         return two_stage + sweeps * sweep
     rank = max(ranks.values(), default=1)
-    return BASELINE_BASE + BASELINE_PER_WEIGHT_RANK * weights * rank
+    per_weight_rank = BASELINE_PER_WEIGHT_RANK + (CP_PER_WEIGHT_RANK if method == "cp" else 0.0)
+    return BASELINE_BASE + BASELINE_PER_WEIGHT * weights + per_weight_rank * weights * rank
 
 
 def run_seconds(stages: Sequence[costs.Stage], images: int) -> float:
-    """Predicted seconds to run a module over ``images`` images: its MACs and the elements it writes."""
-    macs = sum(s.macs for s in stages)
-    elements = sum(math.prod(s.out_shape) for s in stages)
-    return images * (macs / MAC_RATE + elements / ELEMENT_RATE)
+    """Predicted seconds to run a module over ``images`` images: per stage, its MACs at its kind's rate
+    (:data:`MAC_RATES`) and the elements it writes."""
+    return images * sum(s.macs / MAC_RATES.get(s.op, MAC_RATE) + math.prod(s.out_shape) / ELEMENT_RATE
+                        + STAGE_SECONDS for s in stages)
 
 
 def latency_seconds(stages: Sequence[costs.Stage], dense: Sequence[costs.Stage], settings: LatencySettings) -> float:
@@ -218,10 +249,11 @@ def estimate(
     network_macs: int = 0,
     latency: LatencySettings | None = None,
     execution: str = "layered",
+    fit: str = "kernel",
 ) -> Estimate:
-    """Seconds and peak bytes of decomposing one layer at ``ranks`` and measuring it: output error on ``images``
-    images, the network on them where ``network_macs`` (per image, the rest of the network) is given, latency
-    where ``latency`` is. Known before anything runs."""
+    """Seconds and peak bytes of decomposing one layer at ``ranks`` (fitted as ``fit`` says) and measuring it:
+    output error on ``images`` images, the network on them where ``network_macs`` (per image, the rest of the
+    network) is given, latency where ``latency`` is. Known before anything runs."""
     if method == "kcp" and factor_shape is not None:
         where = f"for factor shape {factor_shape}, {factor_shape.placement}"  # kcp()'s own words
         check_rank("kt_rank", ranks["kt_rank"], max_kt_rank(factor_shape), f"the largest meaningful KT rank {where}")
@@ -229,7 +261,7 @@ def estimate(
                    f"the largest meaningful CP rank of a factor {where}")
     stages = costs.stages(method, kernel_shape, ranks, in_hw, geometry, factor_shape, False, execution)
     dense = costs.stages("dense", kernel_shape, {}, in_hw, geometry)
-    parts = {"decompose": decompose_seconds(method, kernel_shape, ranks, refine_sweeps), "evaluate": 0.0,
+    parts = {"decompose": decompose_seconds(method, kernel_shape, ranks, refine_sweeps, fit), "evaluate": 0.0,
              "latency": 0.0}
     weights = math.prod(kernel_shape)
     from kcp.decomposition.refine import JOINT_LIMIT
@@ -243,7 +275,8 @@ def estimate(
         module = run_seconds(dense if method == "kcp" else stages, images)
         parts["evaluate"] = module + run_seconds(dense, images)
         if network_macs:
-            parts["evaluate"] += module + images * network_macs / MAC_RATE
+            # The rest of the network: dense convolutions, mostly.
+            parts["evaluate"] += module + images * network_macs / MAC_RATES.get("conv", MAC_RATE)
         peak = max(peak, min(images, images_per_chunk(stages)) * per_image_bytes(stages))
     if latency is not None:
         parts["latency"] = latency_seconds(stages, dense, latency)
@@ -268,6 +301,8 @@ def grid(
     layer once more (and timing it, with ``latency``)."""
     dense = estimate("dense", kernel_shape, {}, in_hw, latency=latency, **options)
     per_baseline = dense.parts["evaluate"] + dense.parts["latency"] + BASELINE_BASE
+    if options.get("fit") == "outputs":
+        per_baseline += output_fit_seconds(kernel_shape)
     total = dense
     for r in kt_ranks:
         for k in cp_ranks:

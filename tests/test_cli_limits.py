@@ -24,7 +24,7 @@ def _one_line_error(capsys) -> str:
 
 
 def test_a_huge_latency_batch_is_refused_before_any_work(tmp_path, capsys):
-    args = ["sweep", *LAYER, "--kt", "1", "--cp", "1", "--latency", "--batch", "65536", "--out",
+    args = ["sweep", *LAYER, "--kt", "1", "--cp", "1", "--latency", "--batch", "262144", "--out",
             str(tmp_path / "g.csv"), "--cache-dir", str(tmp_path / "cache")]
     assert main(args) == 2
     line = _one_line_error(capsys)

@@ -33,6 +33,29 @@ def test_costs_are_the_decomposition_s_own():
     assert big.seconds > 4 * e.seconds and big.peak_bytes <= 2 * estimate.CHUNK_BYTES
 
 
+def test_an_output_fit_costs_its_bounded_work_on_top_of_the_kernel_fit():
+    from kcp.decomposition.outputs import OUTPUT_MAX_ITER, OUTPUT_WORK
+
+    kw = {"geometry": GEO, "factor_shape": FS}
+    ranks = {"kt_rank": 3, "cp_rank": 4}
+    kernel = estimate.estimate("kcp", SHAPE, ranks, (8, 8), **kw)
+    outputs = estimate.estimate("kcp", SHAPE, ranks, (8, 8), fit="outputs", **kw)
+    dim = math.prod(SHAPE[1:])
+    bounded = min(OUTPUT_MAX_ITER * SHAPE[0] * dim * dim, OUTPUT_WORK)
+    assert outputs.seconds - kernel.seconds == pytest.approx(estimate.OUTPUT_BASE + bounded / estimate.FIT_MAC_RATE)
+    # A wide layer's fit is bounded by OUTPUT_WORK, not by its iterations.
+    wide = (512, 512, 3, 3)
+    bound = estimate.OUTPUT_BASE + OUTPUT_WORK / estimate.FIT_MAC_RATE
+    assert estimate.output_fit_seconds(wide) == pytest.approx(bound)
+    # SVD's output fit is a closed form (a whitening): cheaper than the iterative ones on a 64-channel layer.
+    assert estimate.output_fit_seconds(SHAPE, "svd") < estimate.output_fit_seconds(SHAPE)
+    # A grid fitted to the outputs pays it at every KCP point and every baseline.
+    grid_kernel = estimate.grid(SHAPE, [1, 2], [2], (8, 8), baselines=2, **kw)
+    grid_outputs = estimate.grid(SHAPE, [1, 2], [2], (8, 8), baselines=2, fit="outputs", **kw)
+    extra = estimate.output_fit_seconds(SHAPE)
+    assert grid_outputs.seconds - grid_kernel.seconds == pytest.approx(2 * extra + 2 * 2 * extra)
+
+
 def test_ranks_past_the_layer_s_largest_are_refused():
     with pytest.raises(ValueError, match=r"kt_rank must be between 1 and 192 \(the largest meaningful KT rank for "
                                          r"factor shape 8x8\|8x8, split\), got 193"):

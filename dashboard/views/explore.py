@@ -40,7 +40,7 @@ def estimate(sel: sidebar.Selection, target: LayerTarget, point: resources.Point
     prediction = est.estimate(point.method, target.kernel_shape, dict(point.ranks), target.in_hw,
                               geometry=target.geometry, factor_shape=shape, refine_sweeps=point.refine_sweeps,
                               images=0 if target.inputs is None else len(target.inputs), network_macs=network,
-                              latency=latency)
+                              latency=latency, fit=point.fit)
     if latency is None:
         return prediction
     # Only the timing itself: the point's decomposition is done (or refused) by then.

@@ -156,7 +156,7 @@ def main() -> None:
     network = sum(i.macs or 0 for i in resources.layers(sel.loaded) if i.name != sel.layer.name) if fidelity else 0
     prediction = est.grid(target.kernel_shape, config.kt_ranks, config.cp_ranks, target.in_hw,
                           baselines=len(sel.baselines), latency=latency, geometry=target.geometry, factor_shape=shape,
-                          refine_sweeps=sel.refine_sweeps, images=images, network_macs=network)
+                          refine_sweeps=sel.refine_sweeps, images=images, network_macs=network, fit=sel.fit)
     decision = est.decide(prediction, est.GRID_LIMITS, forced=st.session_state.get("grid_confirm", False))
     key_now = job_key(key, config)
     job = st.session_state.get(JOB)

@@ -84,7 +84,10 @@ def test_kt_sweep_solves_each_side_exactly():
 
 @pytest.mark.parametrize(("factors", "placement"), CASES)
 @pytest.mark.parametrize("method", ["kcp", "kt"])
-def test_output_fit_by_als_never_rises_and_beats_the_kernel_fit(method, factors, placement):
+def test_output_fit_by_als_never_rises_and_beats_the_kernel_fit(method, factors, placement, monkeypatch):
+    import kcp.decomposition.outputs as outputs
+
+    monkeypatch.setattr(outputs, "ALS_SWEEPS", 150)  # the ALS path alone, to its window rule
     w, objective, _start, _wk = _problem(factors, placement, seed=3)
     x = patch_moments(torch.relu(torch.randn(8, w.shape[1], 5, 5, generator=torch.Generator().manual_seed(4),
                                              dtype=torch.float64)), (3, 3), ConvGeometry.make(padding=1))
@@ -100,8 +103,29 @@ def test_output_fit_by_als_never_rises_and_beats_the_kernel_fit(method, factors,
     assert values[-1] < 0.99 * values[0]
 
 
+def test_kcp_als_that_has_not_converged_is_finished_by_the_preconditioned_lbfgs(monkeypatch):
+    import kcp.decomposition.outputs as outputs
+
+    w, _objective, _start, _wk = _problem((3, 5, 2, 3), "split", seed=5)
+    x = patch_moments(torch.relu(torch.randn(8, 6, 5, 5, generator=torch.Generator().manual_seed(6),
+                                             dtype=torch.float64)), (3, 3), ConvGeometry.make(padding=1))
+    monkeypatch.setattr(outputs, "ALS_SWEEPS", 2)
+    hybrid = kcp(w, 2, 2, factors=(3, 5, 2, 3), fit="outputs", calibration=x)
+    assert hybrid.info["output_solver"] == "als, then lbfgs-blocks"
+    values = np.array(hybrid.info["objective"])
+    assert (np.diff(values) <= 1e-12).all()
+    assert values[-1] == pytest.approx(x.relative_error(w, hybrid.reconstruct()), rel=1e-5)
+    # Two ALS sweeps alone end higher than the finish.
+    monkeypatch.setattr(outputs, "PRECONDITIONED_MAX_ITER", 0)
+    als_only = kcp(w, 2, 2, factors=(3, 5, 2, 3), fit="outputs", calibration=x)
+    assert values[-1] < als_only.info["objective"][-1]
+
+
 def test_large_systems_fall_back_to_lbfgs(monkeypatch):
+    import kcp.decomposition.outputs as outputs
     import kcp.decomposition.weighted as weighted
+
+    monkeypatch.setattr(outputs, "ALS_SWEEPS", 150)  # the ALS path alone, to its window rule
 
     w, objective, _start, _wk = _problem((3, 5, 2, 3), "split", seed=5)
     x = patch_moments(torch.relu(torch.randn(8, 6, 5, 5, generator=torch.Generator().manual_seed(6),
