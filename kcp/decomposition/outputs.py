@@ -51,9 +51,9 @@ OUTPUT_WORK = 5e10
 PRECONDITIONED_MAX_ITER = 60
 # KCP's block-ALS sweeps before the preconditioned L-BFGS takes over where the window rule has not stopped them:
 # ALS makes its gain in the first sweeps and then crawls (measured on digits conv4 and CIFAR ResNet-56 layers,
-# R=2..8, K=4..8: 15-30 sweeps then L-BFGS end within 0.004 of the held-out error of up to 150 sweeps, in a third
-# to a half of the time); on a 256x256x3x3 layer an ALS sweep is cheaper than a preconditioned iteration, and 30
-# sweeps let R=2 K=8 converge by ALS alone (20 cost it 1.5 s more).
+# R=2..8, K=4..8: 30 sweeps then L-BFGS end within 0.001 of the held-out ratio of up to 150 sweeps, in a third to
+# two thirds of the time where ALS crawls); on a 256x256x3x3 layer an ALS sweep is cheaper than a preconditioned
+# iteration, and 30 sweeps let R=2 K=8 converge by ALS alone (20 cost it 1.5 s more).
 ALS_SWEEPS = 30
 PRECONDITIONER_REFRESH = 30
 PRECONDITIONED_KT_SWEEPS = 5
