@@ -142,6 +142,16 @@ def _shape(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(" ")[0].split("x"))
 
 
+def _stages(row: dict) -> list:
+    """The stages of a forward row's module (its method, ranks and layer, as ``run_rows`` built it)."""
+    kernel_shape = _shape(row["shape"])
+    hw = _shape(row["shape"].split("@")[1])
+    method = row["what"].split(" ")[0]
+    ranks = dict(zip(methods.get(method).ranks, (int(v) for v in row["ranks"].split(",") if v)))
+    fs = make_factor_shape(kernel_shape, None, "split") if methods.get(method).kronecker else None
+    return est.costs.stages(method, kernel_shape, ranks, hw, GEO, fs)
+
+
 def _rank(row: dict) -> int:
     return max(int(v) for v in row["ranks"].split(","))
 
@@ -155,9 +165,7 @@ def predict(decomposition: list[dict], outputs: list[dict], runs: list[dict]) ->
         ranks = dict(zip(methods.get(r["method"]).ranks, (int(v) for v in r["ranks"].split(","))))
         r["predicted_s"] = est.decompose_seconds(r["method"], tuple(r["kernel_shape"]), ranks, fit="outputs")
     for r in runs:
-        r["predicted_s"] = r["images"] * sum(s["macs"] / est.MAC_RATES.get(s["op"], est.MAC_RATE)
-                                             + s["elements"] / est.ELEMENT_RATE + est.STAGE_SECONDS
-                                             for s in r["stages"])
+        r["predicted_s"] = est.run_seconds(_stages(r), r["images"])
     for r in decomposition + outputs + runs:
         r["ratio"] = r["predicted_s"] / r["measured_s"]
 

@@ -8,7 +8,7 @@ import torch
 from kcp.decomposition import kcp, kt
 from kcp.decomposition._kcp import A_KEYS, B_KEYS
 from kcp.decomposition.als import side_tensor
-from kcp.decomposition.moments import patch_moments
+from kcp.decomposition.moments import PatchMoments, patch_moments
 from kcp.decomposition.outputs import OutputObjective
 from kcp.decomposition.weighted import WeightedKCP
 from kcp.geometry import ConvGeometry
@@ -82,6 +82,12 @@ def test_kt_sweep_solves_each_side_exactly():
     assert float(b.grad.norm()) < 1e-9
 
 
+def _calibration(in_c: int, seed: int) -> PatchMoments:
+    """Patch moments of 8 random ReLU inputs (in_c x 5 x 5) of a padded 3x3 conv."""
+    x = torch.relu(torch.randn(8, in_c, 5, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return patch_moments(x, (3, 3), ConvGeometry.make(padding=1))
+
+
 @pytest.mark.parametrize(("factors", "placement"), CASES)
 @pytest.mark.parametrize("method", ["kcp", "kt"])
 def test_output_fit_by_als_never_rises_and_beats_the_kernel_fit(method, factors, placement, monkeypatch):
@@ -89,8 +95,7 @@ def test_output_fit_by_als_never_rises_and_beats_the_kernel_fit(method, factors,
 
     monkeypatch.setattr(outputs, "ALS_SWEEPS", 150)  # the ALS path alone, to its window rule
     w, objective, _start, _wk = _problem(factors, placement, seed=3)
-    x = patch_moments(torch.relu(torch.randn(8, w.shape[1], 5, 5, generator=torch.Generator().manual_seed(4),
-                                             dtype=torch.float64)), (3, 3), ConvGeometry.make(padding=1))
+    x = _calibration(w.shape[1], seed=4)
     ranks = (2, 2) if method == "kcp" else (2,)
     fn = kcp if method == "kcp" else kt
     kernel_fit = fn(w, *ranks, factors=factors, placement=placement)
@@ -107,8 +112,7 @@ def test_kcp_als_that_has_not_converged_is_finished_by_the_preconditioned_lbfgs(
     import kcp.decomposition.outputs as outputs
 
     w, _objective, _start, _wk = _problem((3, 5, 2, 3), "split", seed=5)
-    x = patch_moments(torch.relu(torch.randn(8, 6, 5, 5, generator=torch.Generator().manual_seed(6),
-                                             dtype=torch.float64)), (3, 3), ConvGeometry.make(padding=1))
+    x = _calibration(6, seed=6)
     monkeypatch.setattr(outputs, "ALS_SWEEPS", 2)
     hybrid = kcp(w, 2, 2, factors=(3, 5, 2, 3), fit="outputs", calibration=x)
     assert hybrid.info["output_solver"] == "als, then lbfgs-blocks"
@@ -128,8 +132,7 @@ def test_large_systems_fall_back_to_lbfgs(monkeypatch):
     monkeypatch.setattr(outputs, "ALS_SWEEPS", 150)  # the ALS path alone, to its window rule
 
     w, objective, _start, _wk = _problem((3, 5, 2, 3), "split", seed=5)
-    x = patch_moments(torch.relu(torch.randn(8, 6, 5, 5, generator=torch.Generator().manual_seed(6),
-                                             dtype=torch.float64)), (3, 3), ConvGeometry.make(padding=1))
+    x = _calibration(6, seed=6)
     als = kcp(w, 2, 2, factors=(3, 5, 2, 3), fit="outputs", calibration=x)
     monkeypatch.setattr(weighted, "SYSTEM_LIMIT", 4)
     fallback = kcp(w, 2, 2, factors=(3, 5, 2, 3), fit="outputs", calibration=x)
@@ -222,8 +225,7 @@ def test_large_kcp_systems_use_the_preconditioned_lbfgs(monkeypatch):
     import kcp.decomposition.weighted as weighted
 
     w, objective, _start, _wk = _problem((3, 5, 2, 3), "split", seed=11)
-    x = patch_moments(torch.relu(torch.randn(8, 6, 5, 5, generator=torch.Generator().manual_seed(12),
-                                             dtype=torch.float64)), (3, 3), ConvGeometry.make(padding=1))
+    x = _calibration(6, seed=12)
     kernel_fit = kcp(w, 2, 2, factors=(3, 5, 2, 3))
     # KT's blocks (2 x 9 unknowns) stay within the limit, KCP's (5 x 2 x 2) do not.
     monkeypatch.setattr(weighted, "SYSTEM_LIMIT", 19)
