@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,7 +22,25 @@ def machine() -> dict:
     from kcp.latency import device_name
 
     return {"cpu": device_name("cpu"), "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+            "reference_gflops_1thread": reference_gflops()}
+
+
+def reference_gflops(size: int = 512, repeats: int = 10) -> float:
+    """float64 matrix-multiply rate with one torch thread (best of ``repeats``): the same model name has run 4-7x
+    apart in speed from one day to the next here, so every result file records what the day's machine could do."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.randn(size, size, dtype=torch.float64)
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return round(2 * size ** 3 / best / 1e9, 2)
 
 
 def write(name: str, payload: dict) -> Path:

@@ -37,7 +37,7 @@ TWO_STAGE_BASE, TWO_STAGE_PER_WEIGHT, TWO_STAGE_PER_TERM = 0.07, 4.7e-7, 6e-3
 # rank on a random 64x64x3x3 kernel at rank 36): CP_PER_WEIGHT_RANK is the typical case, not that one.
 BASELINE_BASE, BASELINE_PER_WEIGHT, BASELINE_PER_WEIGHT_RANK = 0.1, 2e-6, 1e-7
 CP_PER_WEIGHT_RANK = 1e-6
-# Output fits: OUTPUT_BASE + their bounded work (kcp.decomposition.outputs.OUTPUT_WORK) at FIT_MAC_RATE; SVD's
+# Output fits: OUTPUT_BASE + their bounded work (kcp.decomposition.outputs.output_iterations) at FIT_MAC_RATE; SVD's
 # closed form costs the whitening (a D x D Cholesky and SVD, about D^3).
 OUTPUT_BASE, FIT_MAC_RATE = 0.1, 1e10
 # Running modules: multiply-accumulates per second by kind of stage (dense convolutions run at BLAS speed; the
@@ -184,16 +184,16 @@ def decompose_seconds(method: str, kernel_shape: tuple[int, int, int, int], rank
 
 
 def output_fit_seconds(kernel_shape: tuple[int, int, int, int], method: str = "kcp") -> float:
-    """Predicted seconds of the output-objective refinement after the kernel fit: its iterations are bounded by
-    work (``kcp.decomposition.outputs.OUTPUT_WORK`` multiply-adds of ``C_out x D x D`` products), and a block-ALS
-    sweep or a preconditioned L-BFGS iteration costs a few such products."""
-    from kcp.decomposition.outputs import OUTPUT_MAX_ITER, OUTPUT_WORK
+    """Predicted seconds of the output-objective refinement after the kernel fit: the library's iteration bound
+    (:func:`kcp.decomposition.outputs.output_iterations`) of ``C_out x D x D`` products, and a block-ALS sweep or a
+    preconditioned L-BFGS iteration costs a few such products."""
+    from kcp.decomposition.outputs import output_iterations
 
     out_c, dim = kernel_shape[0], math.prod(kernel_shape[1:])
     if method == "svd":
         return OUTPUT_BASE + dim**3 / FIT_MAC_RATE
     work = out_c * dim * dim
-    return OUTPUT_BASE + min(OUTPUT_MAX_ITER * work, OUTPUT_WORK) / FIT_MAC_RATE
+    return OUTPUT_BASE + output_iterations(work) * work / FIT_MAC_RATE
 
 
 def _kernel_fit_seconds(method: str, kernel_shape: tuple[int, int, int, int], ranks: dict[str, int],

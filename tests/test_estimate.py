@@ -34,19 +34,26 @@ def test_costs_are_the_decomposition_s_own():
 
 
 def test_an_output_fit_costs_its_bounded_work_on_top_of_the_kernel_fit():
-    from kcp.decomposition.outputs import OUTPUT_MAX_ITER, OUTPUT_WORK
+    from kcp.decomposition.outputs import OUTPUT_MAX_ITER, OUTPUT_WINDOW, OUTPUT_WORK
 
     kw = {"geometry": GEO, "factor_shape": FS}
     ranks = {"kt_rank": 3, "cp_rank": 4}
     kernel = estimate.estimate("kcp", SHAPE, ranks, (8, 8), **kw)
     outputs = estimate.estimate("kcp", SHAPE, ranks, (8, 8), fit="outputs", **kw)
-    dim = math.prod(SHAPE[1:])
-    bounded = min(OUTPUT_MAX_ITER * SHAPE[0] * dim * dim, OUTPUT_WORK)
-    assert outputs.seconds - kernel.seconds == pytest.approx(estimate.OUTPUT_BASE + bounded / estimate.FIT_MAC_RATE)
-    # A wide layer's fit is bounded by OUTPUT_WORK, not by its iterations.
-    wide = (512, 512, 3, 3)
-    bound = estimate.OUTPUT_BASE + OUTPUT_WORK / estimate.FIT_MAC_RATE
-    assert estimate.output_fit_seconds(wide) == pytest.approx(bound)
+    work = SHAPE[0] * math.prod(SHAPE[1:]) ** 2  # multiply-adds of one C_out x D x D evaluation
+    assert OUTPUT_MAX_ITER * work < OUTPUT_WORK  # a small layer runs its whole iteration bound
+    assert outputs.seconds - kernel.seconds == pytest.approx(
+        estimate.OUTPUT_BASE + OUTPUT_MAX_ITER * work / estimate.FIT_MAC_RATE)
+    # A 256-channel layer's iterations are bounded by OUTPUT_WORK (36 of them)...
+    mid_work = 256 * 2304**2
+    assert estimate.output_fit_seconds((256, 256, 3, 3)) == pytest.approx(
+        estimate.OUTPUT_BASE + 36 * mid_work / estimate.FIT_MAC_RATE)
+    # ...and a 512-channel one's by the library's floor of two windows, past OUTPUT_WORK (where the estimate once
+    # stopped, 4x low).
+    wide_work = 512 * 4608**2
+    assert OUTPUT_WORK / wide_work < 2 * OUTPUT_WINDOW
+    assert estimate.output_fit_seconds((512, 512, 3, 3)) == pytest.approx(
+        estimate.OUTPUT_BASE + 2 * OUTPUT_WINDOW * wide_work / estimate.FIT_MAC_RATE)
     # SVD's output fit is a closed form (a whitening): cheaper than the iterative ones on a 64-channel layer.
     assert estimate.output_fit_seconds(SHAPE, "svd") < estimate.output_fit_seconds(SHAPE)
     # A grid fitted to the outputs pays it at every KCP point and every baseline.

@@ -148,7 +148,7 @@ def refine_outputs(
         out_c, dim = w.shape[0], objective.gram.shape[0]
         # One evaluation: O D^2 multiply-adds through the dense W_hat, r (D^2 + 2 O D) through a rank-r one.
         work = out_c * dim ** 2 if factored is None else _low_rank_work(factored(result), out_c, dim)
-        max_iter = max(2 * window, min(OUTPUT_MAX_ITER, int(OUTPUT_WORK / work)))
+        max_iter = output_iterations(work, window)
     keys = free_keys(result)
     shapes = [result.factors[k].shape for k in keys]
     sizes = [math.prod(sh) for sh in shapes]
@@ -177,11 +177,10 @@ def refine_outputs(
                                       callback=callback)
     if solver != "als":
         precondition, step = None, evaluate
-        if wk is not None and result.method == "kcp":
+        if solver.endswith("lbfgs-blocks"):
             from kcp.decomposition._kcp import A_KEYS, B_KEYS
             from kcp.decomposition.weighted import kcp_value_and_grad
 
-            solver = "lbfgs-blocks" if solver == "lbfgs" else "als, then lbfgs-blocks"
             max_iter = min(max_iter, PRECONDITIONED_MAX_ITER)
 
             def sides(flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -214,6 +213,12 @@ def refine_outputs(
     return replace(best, factors={k: v.detach() for k, v in best.factors.items()}, info=info)
 
 
+def output_iterations(work: float, window: int = OUTPUT_WINDOW) -> int:
+    """The L-BFGS iteration bound of an output fit whose every evaluation costs ``work`` multiply-adds:
+    ``OUTPUT_WORK / work``, within ``[2 * window, OUTPUT_MAX_ITER]`` (two windows, so that the window rule can act)."""
+    return max(2 * window, min(OUTPUT_MAX_ITER, int(OUTPUT_WORK / work)))
+
+
 def _low_rank_work(factors: tuple[torch.Tensor, torch.Tensor], out_c: int, dim: int) -> int:
     rank = factors[0].shape[1]
     return rank * (dim ** 2 + 2 * out_c * dim)
@@ -224,10 +229,12 @@ def _weighted(start: Decomposition, objective: OutputObjective, history: list[fl
               ) -> tuple[Decomposition, str, WeightedKCP | None]:
     """KT and KCP refined by exact weighted block ALS (:mod:`kcp.decomposition.weighted`) where its systems are
     small enough; KCP first moves to a start fitted to the outputs at the Kronecker level (the KT terms refined on the
-    outputs, then a CP of each) where that start's value is lower. Appends to ``history``; returns the result, which
-    solver finished it (``"als"``; ``"lbfgs"`` where the systems are too large, or ``"als+lbfgs"`` where KCP's
-    ``ALS_SWEEPS`` sweeps did not converge: L-BFGS is to go on) and the
-    :class:`~kcp.decomposition.weighted.WeightedKCP` (None where not even the KT systems were small enough)."""
+    outputs, then a CP of each) where that start's value is lower. Appends to ``history``; returns the result, the
+    output solver (``"als"`` where ALS finished; otherwise what is to finish it: ``"lbfgs"`` where not even the KT
+    systems are small enough, ``"lbfgs-blocks"`` where KCP's are not, ``"als, then lbfgs-blocks"`` where KCP's
+    ``ALS_SWEEPS`` sweeps did not converge) and the :class:`~kcp.decomposition.weighted.WeightedKCP` (None with
+    ``"lbfgs"``). ``callback`` also hears from the start's sweeps (repeating the last iteration), so that it can
+    cancel there too."""
     from kcp.decomposition._kcp import A_KEYS, B_KEYS  # the method module imports this one
     from kcp.decomposition.als import cp_batch, side_tensor
     from kcp.decomposition.numerics import rng_for
@@ -248,8 +255,10 @@ def _weighted(start: Decomposition, objective: OutputObjective, history: list[fl
     # A start needs no converged KT fit: 2 windows of sweeps hold nearly all of its gain (and fewer do where the
     # preconditioned L-BFGS finishes, whose iterations cost less than these sweeps).
     als = WeightedKCP.feasible(shape, r, k)
+    beat = None if callback is None else (lambda _sweep, _value: callback(len(history) - 1, math.sqrt(history[-1])))
     a, b = fit_kt(wk, side_tensor(a_side), side_tensor(b_side),
-                  **{**kw, "max_sweeps": 2 * window if als else PRECONDITIONED_KT_SWEEPS}, history=[history[-1]])
+                  **{**kw, "max_sweeps": 2 * window if als else PRECONDITIONED_KT_SWEEPS}, history=[history[-1]],
+                  callback=beat)
     rng = rng_for(start.info.get("seed", 0) if isinstance(start.info.get("seed"), int) else 0)
     cp_iter = 30 if als else PRECONDITIONED_CP_ITER
     a_new, b_new = (cp_batch(a.reshape(r, *shape.a_shape), k, rng, n_iter_max=cp_iter),
@@ -260,11 +269,11 @@ def _weighted(start: Decomposition, objective: OutputObjective, history: list[fl
         history.append(value)
         if callback is not None:
             callback(len(history) - 1, math.sqrt(value))
-    solver = "lbfgs"
+    solver = "lbfgs-blocks"
     if als:
         before = len(history)
         fit_kcp(wk, a_side, b_side, **{**kw, "max_sweeps": ALS_SWEEPS}, history=history, callback=callback)
-        solver = "als" if len(history) - before < ALS_SWEEPS else "als+lbfgs"
+        solver = "als" if len(history) - before < ALS_SWEEPS else "als, then lbfgs-blocks"
     return replace(start, factors={**start.factors, **dict(zip(A_KEYS + B_KEYS, a_side + b_side))}), solver, wk
 
 

@@ -108,25 +108,35 @@ def test_the_output_fit_is_deterministic():
     torch.testing.assert_close(a.reconstruct(), b.reconstruct(), rtol=0, atol=0)
 
 
-def test_callback_sees_the_kernel_sweeps_then_the_output_iterations_and_can_cancel():
+def test_callback_sees_the_kernel_sweeps_then_the_output_fit_and_can_cancel_anywhere():
     w, m = _layer(seed=6)
     seen = []
-    fitted = decompose(w, "kcp", **RANKS["kcp"], fit="outputs", calibration=m, callback=lambda i, v: seen.append(v))
-    sweeps, iterations = fitted.info["sweeps"], fitted.info["iterations"]
-    assert len(seen) == sweeps + iterations and iterations > 0
-    assert seen[sweeps:] == pytest.approx(fitted.info["objective"][1:], rel=1e-12)
+    fitted = decompose(w, "kcp", **RANKS["kcp"], fit="outputs", calibration=m,
+                       callback=lambda i, v: seen.append((i, v)))
+    sweeps, objective = fitted.info["sweeps"], fitted.info["objective"]
+    output = seen[sweeps:]
+    # The output-fitted start's sweeps record no step; they report step 0 again (the kernel fit's objective)...
+    beats = [v for i, v in output if i == 0]
+    assert beats and beats == pytest.approx([objective[0]] * len(beats), rel=1e-12)
+    # ...and every recorded step follows, in order, with its objective.
+    steps = [(i, v) for i, v in output if i > 0]
+    assert [i for i, _ in steps] == list(range(1, len(objective)))
+    assert [v for _, v in steps] == pytest.approx(objective[1:], rel=1e-12)
 
     class Stop(Exception):
         pass
 
-    def stop(step, value):
-        if len(seen) > sweeps + 1:
-            raise Stop
-        seen.append(value)
+    for where in ("in the output-fitted start", "in the refinement"):
+        calls = []
 
-    seen.clear()
-    with pytest.raises(Stop):
-        decompose(w, "kcp", **RANKS["kcp"], fit="outputs", calibration=m, callback=stop)
+        def stop(step, value, where=where):
+            calls.append(step)
+            if len(calls) > sweeps and (step == 0 if where == "in the output-fitted start" else step > 1):
+                raise Stop
+
+        with pytest.raises(Stop):
+            decompose(w, "kcp", **RANKS["kcp"], fit="outputs", calibration=m, callback=stop)
+        assert calls[-1] == (0 if where == "in the output-fitted start" else 2)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
