@@ -129,7 +129,7 @@ def test_callback_sees_the_kernel_sweeps_then_the_output_fit_and_can_cancel_anyw
     for where in ("in the output-fitted start", "in the refinement"):
         calls = []
 
-        def stop(step, value, where=where):
+        def stop(step, value, where=where, calls=calls):
             calls.append(step)
             if len(calls) > sweeps and (step == 0 if where == "in the output-fitted start" else step > 1):
                 raise Stop
