@@ -105,7 +105,8 @@ def kcp(
     (relative; :mod:`kcp.decomposition.stopping`). ``init`` is a KCP result of the same kernel and factor shape at
     ranks no larger than these (a warm start; kernel fits only, output fits always start cold).
     ``callback(sweep, rel_error)`` is called after every sweep of the kernel fit (and ``callback(iteration,
-    objective)`` after every iteration of the output fit; it may raise to cancel). ``fit="outputs"`` then
+    objective)`` after every iteration of the output fit, and with the last iteration again during its
+    output-fitted start; it may raise to cancel). ``fit="outputs"`` then
     refines the factors on the output error over ``calibration`` (:func:`kcp.decomposition.outputs.refine_outputs`);
     ``rel_error`` stays the kernel error. Deterministic for a given ``random_state``.
     """

@@ -133,6 +133,8 @@ def refine_outputs(
     """``result`` (a float64 CPU kernel fit of ``weight``) refined on the output objective: weighted block ALS for KT
     and KCP where the systems are small (:func:`_weighted`), else L-BFGS; ``max_iter`` bounds the L-BFGS iterations
     (the ALS sweeps run up to ``max(max_iter, OUTPUT_MAX_ITER)``), ``tol`` and ``window`` are the window rule of both.
+    ``callback(iteration, sqrt(objective))`` follows every step (and repeats the last one during KCP's output-fitted
+    start); it may raise to cancel.
 
     Returns a new result whose ``info`` says what was fitted (``fit``, ``calibration_patches``,
     ``calibration_inputs``), the relative calibration output error (with the ridge-regularised G) of the kernel fit
