@@ -211,11 +211,6 @@ def _check_estimate(args, estimate: est.Estimate, what: str) -> None:
     print(f"{what}: {decision.reason}", file=sys.stderr)
 
 
-def _network_macs(loaded: zoo.LoadedModel, layer: str) -> int:
-    """MACs per image of the rest of the network (what a fidelity check runs besides the layer)."""
-    return sum(i.macs or 0 for i in zoo.conv_layers(loaded) if i.name != layer)
-
-
 def _load(args) -> zoo.LoadedModel:
     return zoo.load_model(args.model, arch=args.arch)
 
@@ -269,7 +264,7 @@ def _cmd_decompose(args) -> int:
     _check_estimate(args, est.estimate(
         "kcp", target.kernel_shape, {"kt_rank": args.kt, "cp_rank": args.cp}, target.in_hw, geometry=target.geometry,
         factor_shape=shape, refine_sweeps=0 if args.no_refine else args.sweeps, images=images,
-        network_macs=_network_macs(loaded, args.layer) if target.fidelity else 0, fit=args.fit),
+        network_macs=zoo.rest_macs(loaded, args.layer) if target.fidelity else 0, fit=args.fit),
         f"R={args.kt} K={args.cp}")
     options = point_options("kcp", factors=args.factors, placement=args.placement,
                             refine_sweeps=0 if args.no_refine else args.sweeps, seed=args.seed)
@@ -330,7 +325,7 @@ def _cmd_sweep(args) -> int:
         except ValueError as exc:
             raise ValueError(f"layer {target.name}: {exc}" if len(targets) > 1 else str(exc)) from None
         images = 0 if target.inputs is None else len(target.inputs)
-        network = _network_macs(loaded, target.name) if target.fidelity else 0
+        network = zoo.rest_macs(loaded, target.name) if target.fidelity else 0
         baselines = sum(m != "kcp" for m in args.methods)
         layer_total = est.grid(target.kernel_shape, args.kt, args.cp, target.in_hw, baselines=baselines,
                                latency=latency, geometry=target.geometry, factor_shape=shape,

@@ -17,6 +17,7 @@ import streamlit as st
 from dashboard.components import cards, diagram, figures, fmt, guards, resources, sidebar, workers
 from dashboard.components.layer import header, layer_target
 from kcp import estimate as est
+from kcp import zoo
 from kcp.budget import largest_within
 from kcp.decomposition import Decomposition
 from kcp.fit import FITS
@@ -35,7 +36,7 @@ def estimate(sel: sidebar.Selection, target: LayerTarget, point: resources.Point
              latency: LatencySettings | None = None) -> est.Estimate:
     """What ``point`` will cost (decomposition and evaluation, or the latency measurement when given)."""
     fidelity = sel.live_fidelity and target.fidelity is not None
-    network = sum(i.macs or 0 for i in resources.layers(sel.loaded) if i.name != sel.layer.name) if fidelity else 0
+    network = zoo.rest_macs(sel.loaded, sel.layer.name) if fidelity else 0
     shape = sel.factor_shape() if METHODS[point.method].kronecker else None
     prediction = est.estimate(point.method, target.kernel_shape, dict(point.ranks), target.in_hw,
                               geometry=target.geometry, factor_shape=shape, refine_sweeps=point.refine_sweeps,

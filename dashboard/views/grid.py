@@ -16,6 +16,7 @@ import streamlit as st
 from dashboard.components import figures, guards, resources, sidebar, workers
 from dashboard.components.layer import open_page
 from kcp import estimate as est
+from kcp import zoo
 from kcp.kron import max_cp_rank, max_kt_rank
 from kcp.sweep import SweepConfig
 
@@ -153,7 +154,7 @@ def main() -> None:
                          factors=sel.factors, placement=sel.placement, refine_sweeps=sel.refine_sweeps,
                          match=sel.match, fidelity=fidelity, latency=latency, fit=sel.fit)
     images = 0 if target.inputs is None else len(target.inputs)
-    network = sum(i.macs or 0 for i in resources.layers(sel.loaded) if i.name != sel.layer.name) if fidelity else 0
+    network = zoo.rest_macs(sel.loaded, sel.layer.name) if fidelity else 0
     prediction = est.grid(target.kernel_shape, config.kt_ranks, config.cp_ranks, target.in_hw,
                           baselines=len(sel.baselines), latency=latency, geometry=target.geometry, factor_shape=shape,
                           refine_sweeps=sel.refine_sweeps, images=images, network_macs=network, fit=sel.fit)

@@ -10,7 +10,7 @@ from kcp.zoo.checkpoint import MAX_CHECKPOINT_BYTES
 from kcp.zoo.errors import CheckpointError, WeightsUnavailable, ZooError
 from kcp.zoo.fidelity import Fidelity, baseline_logits, network_fidelity
 from kcp.zoo.images import SPLITS, default_images, describe_images, max_images, sample_images
-from kcp.zoo.layers import ConvLayerInfo, conv_layers
+from kcp.zoo.layers import ConvLayerInfo, conv_layers, rest_macs
 from kcp.zoo.load import load_model, weights_available
 from kcp.zoo.loaded import LoadedModel
 from kcp.zoo.registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec
@@ -32,6 +32,7 @@ __all__ = [
     "baseline_logits",
     "checkpoints_dir",
     "conv_layers",
+    "rest_macs",
     "default_images",
     "describe_images",
     "get_conv",

@@ -84,3 +84,9 @@ def _listing(loaded: LoadedModel) -> list[ConvLayerInfo]:
 def conv_layers(loaded: LoadedModel) -> list[ConvLayerInfo]:
     """Every Conv2d of ``loaded`` in registration order, with sizes measured by forward hooks (cached)."""
     return list(_listings.get(loaded.key, lambda: _listing(loaded)))
+
+
+def rest_macs(loaded: LoadedModel, layer: str) -> int:
+    """Conv MACs per image of every layer of ``loaded`` but ``layer``: what a network-fidelity check may run besides
+    the layer (an upper bound: where the network splits there it runs only the part after the layer)."""
+    return sum(info.macs or 0 for info in conv_layers(loaded) if info.name != layer)

@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import models as tvm
 
-from kcp.zoo import ZooError, conv_layers, layer_inputs, load_model, sample_images
+from kcp.zoo import ZooError, conv_layers, layer_inputs, load_model, rest_macs, sample_images
 from kcp.zoo.hooks import thread_hooks
 from kcp.zoo.images import SPLIT_PHOTOS, load_photos
 
@@ -61,6 +61,17 @@ def test_listed_macs_match_a_counted_figure(resnet18):
         resnet18.model(torch.zeros(1, 3, 224, 224))
     conv_flops = counter.get_flop_counts()["Global"][torch.ops.aten.convolution]
     assert conv_flops == 2 * sum(info.macs for info in conv_layers(resnet18))
+
+
+def test_the_rest_of_the_network_counts_every_conv_but_the_layer(resnet18):
+    """What the fidelity estimate charges besides the layer: the counted convolution FLOPs of the whole network,
+    less the layer's own hand count."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        resnet18.model(torch.zeros(1, 3, 224, 224))
+    whole = counter.get_flop_counts()["Global"][torch.ops.aten.convolution] // 2
+    layer3_1_conv1 = 256 * 256 * 9 * 14 * 14
+    assert rest_macs(resnet18, "layer3.1.conv1") == whole - layer3_1_conv1
 
 
 def test_depthwise_layers_say_why_kcp_does_not_apply(tmp_path: Path):
