@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import os
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,7 @@ from _common import SHARED_WEIGHTS, machine, table, write
 from kcp import zoo
 from kcp.cache import ResultCache
 from kcp.engines import make_engine
+from kcp.fit import FITS
 from kcp.modules import KCPConv2d
 from kcp.network.apply import apply_plan
 from kcp.network.data import network_data
@@ -136,28 +139,29 @@ def grid(cache: ResultCache, workers: int) -> dict:
             "rows": [{k: r[k] for k in GRID_COLUMNS if k in r} for r in reports]}
 
 
-def cifar(cache: ResultCache, models: tuple[str, ...] = CIFAR_MODELS, steps: int = CIFAR_STEPS) -> list[dict]:
+def cifar(cache: ResultCache, models: tuple[str, ...] = CIFAR_MODELS, steps: int = CIFAR_STEPS,
+          fits: tuple[str, ...] = FITS) -> list[dict]:
     if not (SHARED_WEIGHTS / "resnet20-12fca82f.th").is_file():
         print(f"skipping CIFAR: no weights at {SHARED_WEIGHTS}")
         return []
     home = os.environ.get("TORCH_HOME")
     if home is None:
         raise SystemExit("set TORCH_HOME to a folder whose hub/checkpoints links the files in ../shared/weights")
-    settings = RunSettings(plan=CIFAR_PLAN, finetune=FinetuneConfig(steps=steps, distill=True))
     rows = []
-    for name in models:
+    for name, fit in itertools.product(models, fits):
+        settings = RunSettings(plan=replace(CIFAR_PLAN, fit=fit), finetune=FinetuneConfig(steps=steps, distill=True))
         loaded = zoo.load_model(name, download=False)
         session = Session(loaded, network_data(loaded), settings, cache=cache)
         for ratio in (5.0, 10.0):
             started = time.perf_counter()
             report = session.budget_run(Budget("compression", ratio)).report
-            rows.append({"model": name, "budget": ratio, **{k: report[k] for k in (
+            rows.append({"model": name, "fit": fit, "budget": ratio, **{k: report[k] for k in (
                 "compression", "top1_agreement_zero_shot", "top1_agreement_finetuned", "finetune_steps",
                 "finetune_seconds", "latency_ms", "dense_latency_ms", "n_eval")},
                 "methods": sorted({layer["method"] for layer in report["layers"]}),
                 "curve": [(p["step"], p["top1_agreement"]) for p in report["finetune"]["curve"]] if steps else None,
                 "seconds": time.perf_counter() - started})
-            print(f"{name} {ratio}x: {rows[-1]}", flush=True)
+            print(f"{name} {fit} {ratio}x: {rows[-1]}", flush=True)
     return rows
 
 
@@ -169,6 +173,7 @@ def main() -> None:
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--cifar-models", default=",".join(CIFAR_MODELS))
     parser.add_argument("--cifar-steps", type=int, default=CIFAR_STEPS, help="distillation steps per CIFAR plan")
+    parser.add_argument("--cifar-fits", default=",".join(FITS), help="what the CIFAR plans' decompositions fit")
     parser.add_argument("--out", default="network_cpu.json")
     parser.add_argument("--cache-dir")
     parser.add_argument("--note", default="shared 2-core machine, other jobs running", help="the run's conditions")
@@ -184,8 +189,9 @@ def main() -> None:
         result["throughput"] = throughput(cache)
         table(result["throughput"], ["plan", "path", "compression", "conv_macs_ratio", "step_ms", "vs_dense"])
     if args.cifar:
-        result["cifar"] = cifar(cache, tuple(args.cifar_models.split(",")), args.cifar_steps)
-        table(result["cifar"], ["model", "budget", "compression", "top1_agreement_zero_shot",
+        result["cifar"] = cifar(cache, tuple(args.cifar_models.split(",")), args.cifar_steps,
+                                tuple(args.cifar_fits.split(",")))
+        table(result["cifar"], ["model", "fit", "budget", "compression", "top1_agreement_zero_shot",
                                 "top1_agreement_finetuned", "finetune_seconds", "latency_ms", "dense_latency_ms",
                                 "seconds"])
     write(args.out, result)
