@@ -21,17 +21,19 @@ from kcp.network.run import NetworkRun, RunSettings, Session
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _session(model: str, weights_id: str, methods: tuple[str, ...], steps: int, lr: float, distill: bool,
+def _session(model: str, weights_id: str, methods: tuple[str, ...], fit: str, steps: int, lr: float, distill: bool,
              _loaded: zoo.LoadedModel) -> Session:
-    settings = RunSettings(plan=PlanConfig(methods=methods),
+    settings = RunSettings(plan=PlanConfig(methods=methods, fit=fit),
                            finetune=FinetuneConfig(steps=steps, lr=lr, distill=distill),
                            latency=LatencySettings(runs=10, min_run_time=0.1))
     return Session(_loaded, network_data(_loaded), settings, cache=ResultCache())
 
 
-def session(loaded: zoo.LoadedModel, methods: tuple[str, ...], steps: int, lr: float, distill: bool) -> Session:
-    """The model's data, dense figures and per-layer sweeps (shared by every browser session)."""
-    return _session(loaded.name, loaded.weights_id, methods, steps, lr, distill, loaded)
+def session(loaded: zoo.LoadedModel, methods: tuple[str, ...], fit: str, steps: int, lr: float,
+            distill: bool) -> Session:
+    """The model's data, dense figures and per-layer sweeps, their decompositions fitted to ``fit`` (shared by every
+    browser session)."""
+    return _session(loaded.name, loaded.weights_id, methods, fit, steps, lr, distill, loaded)
 
 
 def plan_and_apply(s: Session, kind: str, value: float, progress=None, should_stop=None) -> NetworkRun:

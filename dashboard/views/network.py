@@ -203,9 +203,10 @@ if sel is not None:
     loaded = sel.loaded
     st.title("Whole network")
     st.caption("Every conv gets a method and ranks (or stays dense) so that the network meets one budget with the "
-               "least summed output error; then fine-tuning recovers the accuracy.")
+               f"least summed output error, every candidate fitted to **{sidebar.FIT_LABELS[sel.fit]}** (sidebar: "
+               "*Fit to*); then fine-tuning recovers the accuracy.")
     kind, value, methods, steps, lr, distill = _controls(loaded)
-    session = guards.attempt("Network data", network_jobs.session, loaded, methods, steps, lr, distill)
+    session = guards.attempt("Network data", network_jobs.session, loaded, methods, sel.fit, steps, lr, distill)
     if session is not None:
         state = _state()
         if st.button("Make plan", type="primary", icon=":material/account_tree:"):

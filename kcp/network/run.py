@@ -26,7 +26,7 @@ from kcp.network.plan import LAYER_LATENCY, Budget, Plan, PlanCancelled, PlanCon
 
 # The CSV's columns: the report's scalars, one row per plan (or uniform-grid point).
 SCALARS = (
-    "model", "kt_rank", "cp_rank", "budget_kind", "budget_value", "compression", "params", "dense_params",
+    "model", "kt_rank", "cp_rank", "budget_kind", "budget_value", "fit", "compression", "params", "dense_params",
     "total_params", "dense_total_params", "conv_macs", "dense_conv_macs", "macs", "dense_macs", "accuracy_dense",
     "accuracy_zero_shot", "accuracy_finetuned", "top1_agreement_zero_shot", "top1_agreement_finetuned",
     "latency_ms", "dense_latency_ms", "device", "finetune_steps", "finetune_seconds", "data", "seed",
@@ -91,7 +91,8 @@ class Session:
             "model": self.loaded.name, "kt_rank": None if plan.uniform is None else plan.uniform[0],
             "cp_rank": None if plan.uniform is None else plan.uniform[1],
             "budget_kind": None if budget is None else budget.kind, "budget_value": None if budget is None else
-            budget.value, "compression": plan.compression, "params": plan.params, "dense_params": plan.dense_params,
+            budget.value, "fit": self.settings.plan.fit, "compression": plan.compression, "params": plan.params,
+            "dense_params": plan.dense_params,
             "total_params": costs.params, "dense_total_params": dc.params, "conv_macs": plan.macs,
             "dense_conv_macs": plan.dense_macs, "macs": costs.macs, "dense_macs": dc.macs,
             "modelled_latency_ms": plan.modelled_latency_ms(),

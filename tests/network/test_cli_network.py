@@ -49,6 +49,7 @@ def test_json_has_the_documented_keys(tmp_path):
                 "accuracy_zero_shot", "accuracy_finetuned", "top1_agreement_zero_shot", "top1_agreement_finetuned",
                 "latency_ms", "dense_latency_ms", "device", "layers", "finetune"):
         assert key in report, key
+    assert report["fit"] == "kernel"  # the default, said in the report
     assert report["compression"] >= 8 and report["params"] * 8 <= report["dense_params"]
     assert [layer["name"] for layer in report["layers"]] == ["conv1", "conv2", "conv3", "conv4"]
     for layer in report["layers"]:
@@ -66,6 +67,7 @@ def test_uniform_grid_csv_has_one_row_per_combination(tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert [(r["kt_rank"], r["cp_rank"]) for r in rows] == [("1", "1"), ("2", "1")]
     assert {"compression", "accuracy_zero_shot", "latency_ms", "params"} <= set(rows[0])
+    assert [r["fit"] for r in rows] == ["kernel", "kernel"]
     assert float(rows[0]["compression"]) > float(rows[1]["compression"])
 
 
