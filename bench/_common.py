@@ -27,8 +27,9 @@ def machine() -> dict:
 
 
 def reference_gflops(size: int = 512, repeats: int = 10) -> float:
-    """float64 matrix-multiply rate with one torch thread (best of ``repeats``): the same model name has run 4-7x
-    apart in speed from one day to the next here, so every result file records what the day's machine could do."""
+    """float64 matrix-multiply rate with one torch thread (best of ``repeats``): machines of the same description
+    have run the same benchmarks about 4x apart (1.4-9x, row by row) from one day to the next here, so every result
+    file records what the day's machine could do."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
