@@ -121,6 +121,15 @@ def other_fits(sel: sidebar.Selection, point: resources.Point) -> list[resources
     return [sel.point(point.method, dict(point.ranks), fit) for fit in FITS if fit != point.fit]
 
 
+def kt_floor(sel: sidebar.Selection, point: resources.Point) -> resources.Point | None:
+    """For a KCP point: KT-only at its KT rank and factor shape, fitted to the outputs. Every KCP at that KT rank
+    is such a KT whose factors are held to CP rank K, so none fits the calibration images better: the gap between
+    the two is what the CP rank gives up."""
+    if point.method != "kcp":
+        return None
+    return sel.point("kt", {"kt_rank": dict(point.ranks)["kt_rank"]}, "outputs")
+
+
 def fit_contrast(place, sel: sidebar.Selection, key: resources.TargetKey, target: LayerTarget,
                  point: resources.Point, row: dict, light: bool) -> None:
     """The current point fitted both ways, side by side: what each fit does to kernel and output error. Drawn into
@@ -132,7 +141,7 @@ def fit_contrast(place, sel: sidebar.Selection, key: resources.TargetKey, target
     rows = {point.fit: row}
     with place:
         st.markdown("**Fitted to the kernel or to the outputs**, same ranks and parameters:")
-        table, note = st.empty(), st.empty()
+        table, note, floor_note = st.empty(), st.empty(), st.empty()
 
     def show() -> None:
         table.dataframe(pd.DataFrame([{
@@ -159,6 +168,19 @@ def fit_contrast(place, sel: sidebar.Selection, key: resources.TargetKey, target
             show()
     note.caption(f"Output error and top-1 on {target.images}; the output fit learns from "
                  f"{target.calibration_images}. A lower kernel error does not mean a better layer.")
+    floor_point = kt_floor(sel, point)
+    if floor_point is None:
+        return
+    with place:
+        floor = guards.attempt("Fitting KT-only to the outputs", resources.metrics, key, floor_point,
+                               sel.live_fidelity, target, "contrast", warn=True)
+    if floor is not None:
+        r, k = dict(point.ranks)["kt_rank"], dict(point.ranks)["cp_rank"]
+        floor_note.caption(
+            f"**KT floor**: KT-only at R={r}, its factors free ({floor['params']:,} parameters; KCP "
+            f"{row['params']:,}), fitted to the outputs: output error {fmt.error(floor['output_rel_error'])}. "
+            f"Every KCP at KT rank {r} is such a KT with its factors held to CP rank {k}, so none fits the "
+            f"calibration images better: the gap is what the CP rank gives up.")
 
 
 @st.fragment

@@ -56,6 +56,11 @@ def test_explore_fitted_to_outputs_shows_both_fits_side_by_side(app: AppTest, co
     low, high = proportion_interval(450 - outputs["top1_changed"], 450)
     assert f"{outputs['top1_changed']} of 450 images changed class" in captions
     assert f"{fmt.percent(low)}–{fmt.percent(high)}" in captions
+    # The KT floor: KT-only at the same KT rank and factor shape, fitted to the outputs, as the library gives it.
+    kt = decompose(conv4.conv.weight.detach(), "kt", kt_rank=2, factors=(8, 8, 8, 8), **conv4.fit_options("outputs"))
+    floor = evaluate(conv4, kt)
+    assert (f"KT-only at R=2, its factors free ({floor['params']:,} parameters; KCP {outputs['params']:,}), "
+            f"fitted to the outputs: output error {fmt.error(floor['output_rel_error'])}") in captions
 
 
 @pytest.mark.slow

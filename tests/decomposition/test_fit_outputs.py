@@ -204,3 +204,15 @@ def test_the_low_rank_objective_and_gradients_are_the_dense_ones():
     assert value == pytest.approx(float(dense), rel=1e-12)
     torch.testing.assert_close(grad_left, left.grad, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad_right, right.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("r", "k"), [(1, 2), (2, 2), (2, 3)])
+def test_kt_at_the_same_kt_rank_is_a_floor_under_kcp_s_output_fit(seed, r, k):
+    """Every KCP at KT rank r is a KT at rank r whose factors are CP-constrained: KT's output fit (the weighted
+    rank-r problem, solved by its own ALS) reaches a calibration error at most KCP's."""
+    w, m = _layer(seed=seed)
+    kcp_fit = decompose(w, "kcp", kt_rank=r, cp_rank=k, fit="outputs", calibration=m)
+    kt_fit = decompose(w, "kt", kt_rank=r, factors=kcp_fit.factor_shape.channels, fit="outputs", calibration=m)
+    assert m.relative_error(w, kt_fit.reconstruct()) <= m.relative_error(w, kcp_fit.reconstruct()) + 1e-9
+
