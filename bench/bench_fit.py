@@ -33,6 +33,7 @@ from kcp.decomposition import decompose, kcp
 from kcp.decomposition.moments import PatchMoments, patch_moments
 from kcp.geometry import ConvGeometry
 from kcp.methods import BASELINES
+from kcp.zoo.calibration import combine
 
 POINTS = [  # (model, layer, R, K, in the issue's table)
     ("digits-cnn", "conv4", 16, 8, True),
@@ -85,14 +86,12 @@ def layer_split(model: str, layer: str) -> tuple[torch.Tensor, torch.Tensor | No
             patch_moments(ev_x, conv.kernel_size, geometry), how)
 
 
-def photo_split(model: str, layer: str) -> tuple[PatchMoments, PatchMoments]:
-    """Calibration and evaluation moments of a CIFAR layer on the app's split: the calibration photos' views and the
-    evaluation photos' views (no photo in both)."""
+def photo_split(model: str, layer: str, cal: PatchMoments, ev: PatchMoments) -> tuple[PatchMoments, PatchMoments]:
+    """Calibration and evaluation moments of a CIFAR layer on the app's split, given the views split of
+    :func:`layer_split` (``cal``, ``ev``): the calibration photos' views, as the app fits on them
+    (``kcp.zoo.layer_moments``), and the evaluation photos' views, which are ``cal`` and ``ev`` together."""
     loaded = zoo.load_model(str(SHARED_WEIGHTS / CIFAR_FILES[model]), arch=model)
-    conv = zoo.get_conv(loaded, layer)
-    geometry = ConvGeometry.from_conv(conv)
-    return tuple(patch_moments(zoo.layer_inputs(loaded, layer, zoo.max_images(loaded, split), split=split),
-                               conv.kernel_size, geometry) for split in ("calibration", "evaluation"))
+    return zoo.layer_moments(loaded, layer, zoo.max_images(loaded, "calibration")), combine([cal, ev])
 
 
 def _timed(weight, method, **kw):
@@ -136,7 +135,7 @@ def held_out(points, long: bool = True, methods=("kcp", *BASELINES)) -> tuple[li
                          "kt_floor_heldout": ev.relative_error(w, kt_fit.reconstruct(), bias)}
                 if model != "digits-cnn":
                     # The app's own split, stricter: calibration and evaluation photos disjoint (kcp.zoo.images).
-                    photo_cal, photo_ev = photo_split(model, layer)
+                    photo_cal, photo_ev = photo_split(model, layer, cal, ev)
                     photo_fit = decompose(w, method, **ranks, fit="outputs", calibration=photo_cal)
                     bound["ratio_photo_split"] = (photo_ev.relative_error(w, photo_fit.reconstruct(), bias)
                                                   / photo_ev.relative_error(w, kernel_fit.reconstruct(), bias))
