@@ -22,8 +22,12 @@ def machine() -> dict:
     from kcp.latency import device_name
 
     return {"cpu": device_name("cpu"), "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
-            "reference_gflops_1thread": reference_gflops()}
+            "python": platform.python_version(), **day()}
+
+
+def day() -> dict:
+    """The day of a measurement and what the day's machine could do (see :func:`reference_gflops`)."""
+    return {"date": time.strftime("%Y-%m-%d"), "reference_gflops_1thread": reference_gflops()}
 
 
 def reference_gflops(size: int = 512, repeats: int = 10) -> float:

@@ -244,10 +244,9 @@ def main() -> int:
     os.environ["TORCH_HOME"] = str(work / "torch_home")
     seed_resnet18(work / "torch_home")
     import torch
-    from _common import reference_gflops
+    from _common import day
 
-    report["machine"].update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                             date=time.strftime("%Y-%m-%d"), reference_gflops_1thread=reference_gflops())
+    report["machine"].update(torch=torch.__version__, torch_threads=torch.get_num_threads(), **day())
     report["live"] = {
         "digits-cnn conv4 64x64x3x3 @8x8": live(None, None),
         "resnet18 (random) layer3.1.conv1 256x256x3x3 @14x14": live("resnet18", "layer3.1.conv1"),

@@ -116,11 +116,10 @@ def main() -> int:
 
     torch.set_num_threads(1)
     load_before = os.getloadavg()
-    from _common import reference_gflops
+    from _common import day
 
     report: dict = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
-                                "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-                                "reference_gflops_1thread": reference_gflops()},
+                                "torch_threads": torch.get_num_threads(), **day()},
                     "layer": "digits-cnn conv4 64x64x3x3 @8x8", "moves": [f"{w}={v}" for w, v in MOVES],
                     "live": {"outputs": moves("outputs")}, "work": work(), "points": points()}
     report["machine"]["loadavg_before_after"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
