@@ -171,11 +171,11 @@ def fit_contrast(place, sel: sidebar.Selection, key: resources.TargetKey, target
     floor_point = kt_floor(sel, point)
     if floor_point is None:
         return
-    with place:
-        floor = guards.attempt("Fitting KT-only to the outputs", resources.metrics, key, floor_point,
-                               sel.live_fidelity, target, "contrast", warn=True)
+    with place:  # only its output error is shown: no network top-1 for it
+        floor = guards.attempt("Fitting KT-only to the outputs", resources.metrics, key, floor_point, False, target,
+                               "contrast", warn=True)
     if floor is not None:
-        r, k = dict(point.ranks)["kt_rank"], dict(point.ranks)["cp_rank"]
+        r, k = (dict(point.ranks)[name] for name in ("kt_rank", "cp_rank"))
         floor_note.caption(
             f"**KT floor**: KT-only at R={r}, its factors free ({floor['params']:,} parameters; KCP "
             f"{row['params']:,}), fitted to the outputs: output error {fmt.error(floor['output_rel_error'])}. "
